@@ -1,0 +1,176 @@
+"""PhiDeployment: serve Phi-3 with adapters and retrieval behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from phiops_operator.models.base import (
+    CommonStatus,
+    KubeModel,
+    LocalObjectRef,
+    ModelSource,
+    PodSettings,
+    VolumePath,
+    exactly_one,
+)
+
+ModelId = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$", max_length=63)]
+
+
+class Adapter(KubeModel):
+    """A LoRA adapter served beside the base model; set exactly one of fineTuneJobRef or pvc."""
+
+    name: ModelId
+    """Model id clients request in the OpenAI `model` field."""
+    fine_tune_job_ref: LocalObjectRef | None = None
+    """Use the adapter a FineTuneJob produced; the deployment rolls when it succeeds."""
+    pvc: VolumePath | None = None
+    """Use an adapter folder on a PersistentVolumeClaim."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Adapter:
+        exactly_one(self, "fine_tune_job_ref", "pvc")
+        return self
+
+
+class KnowledgeBaseRef(KubeModel):
+    """Retrieval-augmented generation from a KnowledgeBase."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the KnowledgeBase in the same namespace."""
+    top_k: Annotated[int, Field(ge=1, le=100)] = 4
+    """Chunks retrieved per question."""
+    score_threshold: Annotated[float, Field(ge=-1, le=1)] | None = None
+    """Drop chunks scoring below this similarity."""
+    hybrid: bool = False
+    """Combine dense and BM25 keyword search (the KnowledgeBase must have hybrid on)."""
+    citations: bool = True
+    """Return the sources (document, chunk, score) with each answer."""
+
+
+class Prompt(KubeModel):
+    """How retrieved context and the question are put to the model."""
+
+    system_prompt: Annotated[str, Field(max_length=16384)] | None = None
+    """System message prepended to every conversation."""
+    context_template: Annotated[str, Field(max_length=16384)] | None = None
+    """Template for the retrieved context; `{context}` is replaced with the numbered chunks."""
+
+    @model_validator(mode="after")
+    def _has_placeholder(self) -> Prompt:
+        if self.context_template is not None and "{context}" not in self.context_template:
+            raise ValueError("contextTemplate must contain the placeholder {context}")
+        return self
+
+
+class ServerSettings(KubeModel):
+    """Inference server settings."""
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 512
+    """Upper bound on generated tokens per request (requests may ask for fewer)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights precision; `auto` picks bfloat16 on GPU and float32 on CPU."""
+    quantize: Literal["none", "nf4"] = "none"
+    """Load the base 4-bit (adapters stay unmerged)."""
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Requests generated together."""
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=65536)] = 64
+    """Requests admitted at once; more get 429."""
+
+
+class ServiceSettings(KubeModel):
+    """The Service in front of the pods."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """Service port of the OpenAI-compatible API."""
+
+
+class ServingResources(PodSettings):
+    """Placement and size of the serving pods."""
+
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    """GPUs per replica."""
+    gpu_resource_name: Annotated[
+        str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ] = "nvidia.com/gpu"
+    """Extended resource name of the GPU."""
+
+
+class PhiDeploymentSpec(KubeModel):
+    """Desired state of a PhiDeployment."""
+
+    model: ModelSource = Field(default_factory=ModelSource)
+    """The Phi-3 base model."""
+    adapters: Annotated[list[Adapter], Field(max_length=32)] | None = None
+    """LoRA adapters, switched per request by the OpenAI `model` field."""
+    knowledge_base_ref: KnowledgeBaseRef | None = None
+    """Retrieve from this KnowledgeBase and cite sources."""
+    prompt: Prompt | None = None
+    """Prompt settings."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Serving pods (scale subresource: `kubectl scale` works)."""
+    resources: ServingResources = Field(default_factory=ServingResources)
+    """GPU, placement and image of the serving pods."""
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    """Inference server settings."""
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    """Service settings."""
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> PhiDeploymentSpec:
+        names = [a.name for a in self.adapters or []]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"adapters: names must be unique (repeated: {', '.join(duplicates)})")
+        return self
+
+
+class AdapterStatus(KubeModel):
+    """Observed state of one adapter."""
+
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    """Model id of the adapter."""
+    source: str | None = None
+    """Where it comes from (`fineTuneJob/<name>` or `pvc/<claim>/<path>`)."""
+    sha256: str | None = None
+    """Digest of adapter_model.safetensors."""
+    loaded: bool = False
+    """Whether every ready replica has it loaded."""
+    message: str | None = None
+    """Why it is not loaded."""
+
+
+class KnowledgeBaseStatusRef(KubeModel):
+    """The knowledge base being served."""
+
+    model_config = ConfigDict(frozen=False)
+
+    name: str
+    """Name of the KnowledgeBase."""
+    collection: str | None = None
+    """Collection queried."""
+
+
+class PhiDeploymentStatus(CommonStatus):
+    """Observed state of a PhiDeployment."""
+
+    replicas: Annotated[int, Field(ge=0)] | None = None
+    """Serving pods that exist (scale subresource)."""
+    ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Serving pods that are ready."""
+    selector: str | None = None
+    """Label selector of the serving pods (scale subresource)."""
+    endpoint: str | None = None
+    """In-cluster URL of the OpenAI-compatible API."""
+    adapters: list[AdapterStatus] | None = None
+    """Per-adapter state."""
+    adapters_ready: str | None = None
+    """Loaded / declared adapters, e.g. `2/2`, for printer columns."""
+    knowledge_base: KnowledgeBaseStatusRef | None = None
+    """Knowledge base and collection being served."""
