@@ -101,10 +101,13 @@ class PodSettings(KubeModel):
     """Node labels the pods must match."""
     tolerations: list[Toleration] | None = None
     """Taints the pods tolerate."""
-    affinity: Annotated[
-        dict[str, Any],
-        Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
-    ] | None = None
+    affinity: (
+        Annotated[
+            dict[str, Any],
+            Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+        ]
+        | None
+    ) = None
     """Pod affinity rules, as in a pod spec (passed through unchanged)."""
     priority_class_name: ResourceName | None = None
     """PriorityClass of the pods."""

@@ -127,9 +127,7 @@ class SentenceTransformersEmbedding(KubeModel):
 class OpenAIEmbedding(KubeModel):
     """An OpenAI-compatible embeddings endpoint."""
 
-    base_url: Annotated[
-        str, Field(alias="baseURL", pattern=r"^https?://[^\s]+$", max_length=2048)
-    ]
+    base_url: Annotated[str, Field(alias="baseURL", pattern=r"^https?://[^\s]+$", max_length=2048)]
     """Base URL of the API, e.g. `https://api.openai.com/v1`."""
     model: Annotated[str, Field(min_length=1, max_length=256)] = "text-embedding-3-small"
     """Embedding model name."""
@@ -196,9 +194,7 @@ class Milvus(KubeModel):
     """URI of a Milvus standalone or cluster; the embedded store is used when empty."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding the Milvus token (`user:password` or an API key)."""
-    database: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)] = (
-        "default"
-    )
+    database: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)] = "default"
     """Milvus database."""
     collection: CollectionName | None = None
     """Collection (alias) readers use; derived from the namespace and name when empty."""

@@ -1,0 +1,1 @@
+"""PURE functions: (resource, operator config) -> child manifests. No API calls here."""

@@ -1,0 +1,79 @@
+"""Names, labels and owner references every child shares."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from phiops_operator import __version__
+
+MANAGED_BY = "phiops-operator"
+
+
+def child_name(parent: str, component: str) -> str:
+    """Fixed child names (`<cr>-<component>`): a handler that runs twice finds, not duplicates."""
+    return f"{parent}-{component}"
+
+
+def labels(kind: str, parent: str, component: str) -> dict[str, str]:
+    """The recommended app.kubernetes.io labels. Deliberately NOT the parent's own labels:
+    Argo CD would take a child carrying its tracking label for its own and prune it."""
+    return {
+        "app.kubernetes.io/name": kind.lower(),
+        "app.kubernetes.io/instance": parent,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "phiops",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/version": __version__,
+    }
+
+
+def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
+    meta = parent["metadata"]
+    return {
+        "apiVersion": parent["apiVersion"],
+        "kind": parent["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(parent: Mapping[str, Any], component: str) -> dict[str, Any]:
+    meta = parent["metadata"]
+    return {
+        "name": child_name(meta["name"], component),
+        "namespace": meta["namespace"],
+        "labels": labels(parent["kind"], meta["name"], component),
+        "ownerReferences": [owner_reference(parent)],
+    }
+
+
+def config_map(parent: Mapping[str, Any], component: str, files: dict[str, Any]) -> dict[str, Any]:
+    """A ConfigMap holding JSON documents, one per key, rendered deterministically."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(parent, component),
+        "data": {
+            key: json.dumps(value, indent=2, sort_keys=True) + "\n" for key, value in files.items()
+        },
+    }
+
+
+def workload_config(
+    parent: Mapping[str, Any], component: str, spec_wire: dict[str, Any]
+) -> dict[str, Any]:
+    """The ConfigMap a workload pod mounts: which resource it serves and its resolved spec."""
+    meta = parent["metadata"]
+    resource = {
+        "apiVersion": parent["apiVersion"],
+        "kind": parent["kind"],
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "generation": meta.get("generation", 0),
+    }
+    return config_map(parent, component, {"config.json": {"resource": resource, "spec": spec_wire}})

@@ -1,0 +1,35 @@
+"""Operator configuration, read once from the environment (the Helm chart sets it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from phiops_operator import __version__
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass(frozen=True)
+class Images:
+    """Workload images; a resource's `image` field overrides them one by one."""
+
+    embed: str = field(
+        default_factory=lambda: _env("PHIOPS_EMBED_IMAGE", f"phiops-embed:{__version__}")
+    )
+    finetune: str = field(
+        default_factory=lambda: _env("PHIOPS_FINETUNE_IMAGE", f"phiops-finetune:{__version__}")
+    )
+    serve: str = field(
+        default_factory=lambda: _env("PHIOPS_SERVE_IMAGE", f"phiops-serve:{__version__}")
+    )
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    images: Images = field(default_factory=Images)
+    metrics_port: int = field(default_factory=lambda: int(_env("PHIOPS_METRICS_PORT", "8080")))
+    # Concurrent handler runs; bounded so a burst of resources cannot starve the API server.
+    worker_limit: int = field(default_factory=lambda: int(_env("PHIOPS_WORKER_LIMIT", "20")))

@@ -1,0 +1,49 @@
+"""Operator start-up: settings, the shared API client, metrics, liveness."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from phiops_operator import GROUP, metrics
+from phiops_operator.config import OperatorConfig
+from phiops_operator.k8s import Kube
+
+# Identity strings: chosen once, never changed (resources in the field carry them).
+FINALIZER = f"{GROUP}/cleanup"
+STORAGE_PREFIX = GROUP
+
+
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="last-handled-configuration"
+    )
+    # Events for what a user should see in `kubectl describe`, not debug chatter.
+    settings.posting.level = logging.INFO
+    settings.batching.worker_limit = config.worker_limit
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig()
+    configure(settings, config)
+    memo["config"] = config
+    memo["kube"] = await Kube.connect()
+    metrics.serve(config.metrics_port)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    kube: Kube | None = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+@kopf.on.probe(id="apiClient")
+async def api_client_ready(memo: kopf.Memo, **_: Any) -> bool:
+    """Liveness: the shared client exists (Kopf's own watch health is checked by Kopf)."""
+    return "kube" in memo

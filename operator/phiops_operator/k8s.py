@@ -1,0 +1,147 @@
+"""The one place that talks to the Kubernetes API for children: server-side apply and reads.
+
+Kopf handles the custom resources themselves (watching, status patches); everything the
+operator creates goes through `Kube.apply`, with the fixed field manager `phiops-operator`,
+so re-running a handler after a crash converges instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+FIELD_MANAGER = "phiops-operator"
+
+# (apiVersion, kind) -> plural, for every kind the operator creates or reads.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Pod"): "pods",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("phiops.dev/v1alpha1", "KnowledgeBase"): "knowledgebases",
+    ("phiops.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
+    ("phiops.dev/v1alpha1", "PhiDeployment"): "phideployments",
+}
+
+RETRYABLE = {409, 429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
+
+
+class KubeError(Exception):
+    """An API call failed in a way a retry later may fix (the handler turns it into a
+    kopf.TemporaryError)."""
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    try:
+        plural = PLURALS[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"unknown kind {api_version}/{kind}: add it to PLURALS") from None
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """An async API client created once at start-up and shared by all handlers."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            await config.load_kube_config()
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        attempts: int = 4,
+    ) -> Any:
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.api.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body,
+                    response_types_map={200: "object", 201: "object", 202: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException as err:
+                if err.status not in RETRYABLE or attempt == attempts:
+                    raise
+                log.info("%s %s: HTTP %s, retrying in %.1fs", method, path, err.status, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply `manifest` as `phiops-operator`, taking ownership of its fields."""
+        meta = manifest["metadata"]
+        path = object_path(
+            manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+        )
+        try:
+            result: dict[str, Any] = await self._call(
+                "PATCH",
+                path,
+                body=manifest,
+                query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                content_type="application/apply-patch+yaml",
+            )
+        except ApiException as err:
+            if err.status in RETRYABLE:
+                raise KubeError(
+                    f"applying {manifest['kind']} {meta['name']}: {err.reason}"
+                ) from err
+            raise
+        return result
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                "GET", object_path(api_version, kind, namespace, name)
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return result
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete with foreground propagation; False when it was already gone."""
+        try:
+            await self._call(
+                "DELETE",
+                object_path(api_version, kind, namespace, name),
+                body={"propagationPolicy": "Foreground"},
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True

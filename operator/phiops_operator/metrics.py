@@ -1,0 +1,45 @@
+"""Prometheus metrics of the operator itself (`phiops_...`), served on /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RECONCILES = Counter(
+    "phiops_reconcile",
+    "Reconciles of phiops resources, by kind and result (success, invalid, retry, error).",
+    ["kind", "result"],
+)
+RECONCILE_DURATION = Histogram(
+    "phiops_reconcile_duration_seconds",
+    "Time spent in one reconcile, by kind and result.",
+    ["kind", "result"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class ReconcileOutcome:
+    """Set `result` inside the block; it is recorded when the block ends."""
+
+    def __init__(self) -> None:
+        self.result = "error"
+
+
+@contextmanager
+def observe_reconcile(kind: str) -> Iterator[ReconcileOutcome]:
+    outcome = ReconcileOutcome()
+    started = time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        RECONCILES.labels(kind, outcome.result).inc()
+        RECONCILE_DURATION.labels(kind, outcome.result).observe(time.perf_counter() - started)
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on all interfaces (in a thread: scraping never waits on handlers)."""
+    if port > 0:
+        start_http_server(port)

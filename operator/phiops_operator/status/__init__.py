@@ -1,0 +1,1 @@
+"""PURE functions: observed children -> conditions and figures."""
