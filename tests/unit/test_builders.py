@@ -1,0 +1,66 @@
+import json
+from typing import Any
+
+from phiops_operator.builders import fine_tune_job, knowledge_base, phi_deployment
+from phiops_operator.config import OperatorConfig
+from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+
+PARENT: dict[str, Any] = {
+    "apiVersion": "phiops.dev/v1alpha1",
+    "kind": "KnowledgeBase",
+    "metadata": {
+        "name": "handbook",
+        "namespace": "team-a",
+        "uid": "1234",
+        "generation": 2,
+        "labels": {"argocd.argoproj.io/instance": "handbook-app", "team": "a"},
+    },
+}
+
+
+def build_kb() -> list[dict[str, Any]]:
+    spec = KnowledgeBaseSpec.model_validate(
+        {"sources": [{"name": "a", "configMap": {"name": "x"}}]}
+    )
+    return knowledge_base.build(PARENT, spec, OperatorConfig())
+
+
+def test_config_map_has_fixed_name_owner_and_recommended_labels() -> None:
+    (child,) = build_kb()
+    meta = child["metadata"]
+    assert meta["name"] == "handbook-embed-config"
+    assert meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "phiops.dev/v1alpha1",
+            "kind": "KnowledgeBase",
+            "name": "handbook",
+            "uid": "1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"]["app.kubernetes.io/instance"] == "handbook"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "phiops-operator"
+
+
+def test_children_never_inherit_the_parents_labels() -> None:
+    (child,) = build_kb()
+    for key in PARENT["metadata"]["labels"]:
+        assert key not in child["metadata"]["labels"]
+
+
+def test_rendering_is_deterministic_and_carries_resolved_defaults() -> None:
+    first, second = build_kb(), build_kb()
+    assert first == second
+    config = json.loads(first[0]["data"]["config.json"])
+    assert config["resource"]["generation"] == 2
+    assert config["spec"]["chunking"] == {"strategy": "markdown", "size": 200, "overlap": 32}
+
+
+def test_every_kind_uses_its_own_component_name() -> None:
+    assert {
+        knowledge_base.CONFIG_COMPONENT,
+        fine_tune_job.CONFIG_COMPONENT,
+        phi_deployment.CONFIG_COMPONENT,
+    } == {"embed-config", "train-config", "serve-config"}
