@@ -54,9 +54,7 @@ class PlaneConfig:
 
 def control_plane_binaries() -> Path:
     """Path of the cached binaries, building them first when the cache is empty."""
-    out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
-    )
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -80,7 +78,11 @@ class ControlPlane:
     @property
     def processes(self) -> list[ManagedProcess]:
         return [
-            self.etcd, self.apiserver, self.controller_manager, self.scheduler, self.node_runtime
+            self.etcd,
+            self.apiserver,
+            self.controller_manager,
+            self.scheduler,
+            self.node_runtime,
         ]
 
     # -- up ---------------------------------------------------------------------------------
@@ -152,12 +154,24 @@ class ControlPlane:
         client = f"http://127.0.0.1:{cfg.etcd_port}"
         peer = f"http://127.0.0.1:{cfg.etcd_peer_port}"
         return [
-            str(bins / "etcd"), "--name", "phiops",
-            "--data-dir", str(cfg.state_dir / "etcd-data"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"phiops={peer}",
-            "--unsafe-no-fsync", "--log-level", "warn",
+            str(bins / "etcd"),
+            "--name",
+            "phiops",
+            "--data-dir",
+            str(cfg.state_dir / "etcd-data"),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"phiops={peer}",
+            "--unsafe-no-fsync",
+            "--log-level",
+            "warn",
         ]
 
     def _apiserver_argv(self, bins: Path) -> list[str]:
@@ -165,8 +179,10 @@ class ControlPlane:
         return [
             str(bins / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{cfg.etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={cfg.api_port}", "--insecure-port=0",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={cfg.api_port}",
+            "--insecure-port=0",
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -187,7 +203,9 @@ class ControlPlane:
         return [
             str(bins / "kube-controller-manager"),
             f"--kubeconfig={self.config.state_dir / 'controller-manager.kubeconfig'}",
-            "--leader-elect=false", "--port=0", "--secure-port=0",
+            "--leader-elect=false",
+            "--port=0",
+            "--secure-port=0",
             "--use-service-account-credentials=true",
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -203,14 +221,21 @@ class ControlPlane:
         return [
             str(bins / "kube-scheduler"),
             f"--kubeconfig={self.config.state_dir / 'scheduler.kubeconfig'}",
-            "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1",
+            "--leader-elect=false",
+            "--port=0",
+            "--secure-port=0",
+            "--v=1",
         ]
 
     def _node_runtime_argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "phiops_devcluster.node_runtime",
-            "--state-dir", str(self.config.state_dir),
-            "--kubeconfig", str(self.config.kubeconfig),
+            sys.executable,
+            "-m",
+            "phiops_devcluster.node_runtime",
+            "--state-dir",
+            str(self.config.state_dir),
+            "--kubeconfig",
+            str(self.config.kubeconfig),
         ]
 
     # -- kubeconfigs and checks -------------------------------------------------------------
@@ -231,13 +256,30 @@ class ControlPlane:
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "phiops-local", "cluster": {
-                "server": self.config.server, "certificate-authority": str(pki / "ca.crt")}}],
-            "users": [{"name": user, "user": {
-                "client-certificate": str(pki / f"{user}.crt"),
-                "client-key": str(pki / f"{user}.key")}}],
-            "contexts": [{"name": "phiops-local", "context": {
-                "cluster": "phiops-local", "user": user, "namespace": "default"}}],
+            "clusters": [
+                {
+                    "name": "phiops-local",
+                    "cluster": {
+                        "server": self.config.server,
+                        "certificate-authority": str(pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(pki / f"{user}.crt"),
+                        "client-key": str(pki / f"{user}.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "phiops-local",
+                    "context": {"cluster": "phiops-local", "user": user, "namespace": "default"},
+                }
+            ],
             "current-context": "phiops-local",
         }
 
@@ -276,9 +318,12 @@ class ControlPlane:
             return False
         nodes = json.loads(body)["items"]
         ready = [
-            n for n in nodes
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in n.get("status", {}).get("conditions", []))
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
         ]
         return len(nodes) >= 2 and len(ready) == len(nodes)
 

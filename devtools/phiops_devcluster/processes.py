@@ -29,7 +29,10 @@ class ManagedProcess:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (FileNotFoundError, ProcessLookupError):
             return None
-        if self.marker not in cmdline or _is_zombie(pid):
+        if _is_zombie(pid):
+            return None
+        # An empty command line is seen for a moment while a Go binary starts up.
+        if cmdline.strip() and self.marker not in cmdline:
             return None
         return pid
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -61,7 +62,9 @@ class Kube:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            await config.load_kube_config()
+            # Read KUBECONFIG now: the library captures it once, at import time.
+            path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+            await config.load_kube_config(config_file=path)
         return cls(client.ApiClient())
 
     async def close(self) -> None:

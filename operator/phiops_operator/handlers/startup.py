@@ -24,7 +24,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     )
     # Events for what a user should see in `kubectl describe`, not debug chatter.
     settings.posting.level = logging.INFO
-    settings.batching.worker_limit = config.worker_limit
+    settings.queueing.worker_limit = config.worker_limit
 
 
 @kopf.on.startup()
@@ -47,3 +47,10 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 async def api_client_ready(memo: kopf.Memo, **_: Any) -> bool:
     """Liveness: the shared client exists (Kopf's own watch health is checked by Kopf)."""
     return "kube" in memo
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG, read now (client libraries
+    capture it once, at import time, which breaks operators embedded in tests)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)

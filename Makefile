@@ -1,0 +1,37 @@
+# phiops developer entry points. `make demo` and `make test` set everything up themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/devtools
+export KUBECONFIG := $(CURDIR)/.dev/kubeconfig
+
+.PHONY: setup demo test test-fast cluster-up cluster-down crds lint format
+
+setup:
+	@bash hack/setup.sh
+
+demo: setup
+	@bash hack/demo.sh
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup  ## unit and contract tests only (no control plane)
+	$(PY) -m pytest tests/unit tests/contract
+
+cluster-up: setup
+	@$(PY) -m phiops_devcluster up
+
+cluster-down:
+	@$(PY) -m phiops_devcluster down
+
+crds:
+	$(PY) -m phiops_operator.crdgen crds
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format:
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything `make test` and `make demo` need on a fresh Debian machine: system packages,
+# the Python environment, and the local control plane's binaries (built once, cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+say() { printf '[setup] %s\n' "$*" >&2; }
+sudo_() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v unshare >/dev/null || missing+=(util-linux)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x $VENV/bin/python ]]; then
+  say "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.phiops-installed"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  say "installing Python packages (operator + dev group)"
+  "$VENV/bin/pip" install -q --upgrade "pip>=25.1"
+  "$VENV/bin/pip" install -q -e '.[operator]' --group dev
+  touch "$stamp"
+fi
+
+bash hack/build-control-plane.sh >/dev/null
+say "ready"

@@ -1,0 +1,102 @@
+"""Session fixtures: a real local control plane (with its node runtime) and phiops's CRDs.
+
+The test cluster runs beside any developer cluster: its own state directory and free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CRD_DIR
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+    state_dir: Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        proc = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+
+def free_port(pairs: int = 1) -> int:
+    """A free port p with p..p+pairs-1 free too (etcd wants client and peer side by side)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + pairs > 65535:
+            continue
+        try:
+            for extra in range(1, pairs):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + extra))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from phiops_devcluster.plane import ControlPlane, PlaneConfig
+
+    root = tmp_path_factory.mktemp("phiops-cluster")
+    config = PlaneConfig(
+        state_dir=root / "state",
+        kubeconfig=root / "kubeconfig",
+        api_port=free_port(),
+        etcd_port=free_port(pairs=2),
+        with_nodes=False,  # TEMP
+    )
+    plane = ControlPlane(config)
+    try:
+        plane.up()
+        previous = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = str(config.kubeconfig)
+        yield Cluster(kubeconfig=config.kubeconfig, state_dir=config.state_dir)
+    finally:
+        if "previous" in locals():
+            if previous is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = previous
+        plane.down(wipe=True)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "-f", str(CRD_DIR))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=phiops",
+    )
+    # Established comes a moment before discovery lists the new kinds and their category.
+    deadline = time.monotonic() + 30
+    while "the server doesn't have a resource type" in cluster.kubectl(
+        "get", "phiops", "-A", check=False
+    ):
+        assert time.monotonic() < deadline, "category phiops never appeared in discovery"
+        time.sleep(0.5)
+    return cluster
