@@ -64,7 +64,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         kubeconfig=root / "kubeconfig",
         api_port=free_port(),
         etcd_port=free_port(pairs=2),
-        with_nodes=False,  # TEMP
     )
     plane = ControlPlane(config)
     try:

@@ -112,7 +112,7 @@ class ControlPlane:
             self.scheduler.start(self._scheduler_argv(bins))
         if cfg.with_nodes and not self.node_runtime.running():
             log("starting the local node runtime (phiops-cpu-0, phiops-gpu-0)")
-            self.node_runtime.start(self._node_runtime_argv())
+            self.node_runtime.start(self._node_runtime_argv(), env=_with_devtools_on_path())
 
         self._wait("default ServiceAccount", self._default_service_account_exists, 60)
         if cfg.with_nodes:
@@ -326,6 +326,14 @@ class ControlPlane:
             )
         ]
         return len(nodes) >= 2 and len(ready) == len(nodes)
+
+
+def _with_devtools_on_path() -> dict[str, str]:
+    """The dev tooling is not installed as a package (it never ships): put it on the path."""
+    env = dict(os.environ)
+    devtools = str(REPO_ROOT / "devtools")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (devtools, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _tail(path: Path, lines: int = 30) -> str:
