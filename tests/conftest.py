@@ -59,11 +59,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     from phiops_devcluster.plane import ControlPlane, PlaneConfig
 
     root = tmp_path_factory.mktemp("phiops-cluster")
+    api_port = free_port()
     config = PlaneConfig(
         state_dir=root / "state",
         kubeconfig=root / "kubeconfig",
-        api_port=free_port(),
+        api_port=api_port,
         etcd_port=free_port(pairs=2),
+        # ClusterIPs are host addresses: a range of its own, apart from a developer's cluster
+        # (10.0.0.0/24) and from other sessions (their API ports differ).
+        service_cidr=f"10.{100 + api_port % 100}.{api_port // 100 % 256}.0/24",
     )
     plane = ControlPlane(config)
     try:
@@ -99,3 +103,18 @@ def crds(cluster: Cluster) -> Cluster:
         assert time.monotonic() < deadline, "category phiops never appeared in discovery"
         time.sleep(0.5)
     return cluster
+
+
+@pytest.fixture(scope="session")
+def operator(crds: Cluster) -> Iterator[int]:
+    """The operator running in this process (Kopf's runner thread), watching every namespace;
+    yields the port of its /metrics endpoint."""
+    from kopf.testing import KopfRunner
+
+    metrics_port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PHIOPS_METRICS_PORT", str(metrics_port))
+        args = ["run", "--all-namespaces", "--standalone", "-m", "phiops_operator.handlers"]
+        with KopfRunner(args, timeout=60) as runner:
+            yield metrics_port
+    assert runner.exception is None, runner.exception

@@ -135,13 +135,31 @@ class Kube:
             raise
         return result
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete with foreground propagation; False when it was already gone."""
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        result = await self._call(
+            "GET",
+            object_path(api_version, kind, namespace),
+            query=[("labelSelector", label_selector)],
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        propagation: str = "Background",
+    ) -> bool:
+        """Delete (dependents collected in the background); False when it was already gone."""
         try:
             await self._call(
                 "DELETE",
                 object_path(api_version, kind, namespace, name),
-                body={"propagationPolicy": "Foreground"},
+                body={"propagationPolicy": propagation},
             )
         except ApiException as err:
             if err.status == 404:

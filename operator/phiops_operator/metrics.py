@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "phiops_reconcile",
@@ -43,3 +44,37 @@ def serve(port: int) -> None:
     """Expose /metrics on all interfaces (in a thread: scraping never waits on handlers)."""
     if port > 0:
         start_http_server(port)
+
+
+KB_DOCUMENTS = Gauge(
+    "phiops_knowledge_base_documents",
+    "Documents in a knowledge base after its last successful sync.",
+    ["namespace", "name"],
+)
+KB_CHUNKS = Gauge(
+    "phiops_knowledge_base_chunks",
+    "Chunks in a knowledge base's collection after its last successful sync.",
+    ["namespace", "name"],
+)
+KB_LAST_SYNC = Gauge(
+    "phiops_knowledge_base_last_successful_sync_timestamp_seconds",
+    "Unix time of a knowledge base's last successful sync.",
+    ["namespace", "name"],
+)
+KB_SYNC_DURATION = Gauge(
+    "phiops_knowledge_base_sync_duration_seconds",
+    "Duration of a knowledge base's last successful sync.",
+    ["namespace", "name"],
+)
+KB_SYNC_FAILURES = Counter(
+    "phiops_knowledge_base_sync_failures",
+    "Failed knowledge base syncs, by reason.",
+    ["namespace", "name", "reason"],
+)
+
+
+def forget_knowledge_base(namespace: str, name: str) -> None:
+    """Drop a deleted knowledge base's series so dashboards do not show ghosts."""
+    for gauge in (KB_DOCUMENTS, KB_CHUNKS, KB_LAST_SYNC, KB_SYNC_DURATION):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

@@ -1,12 +1,15 @@
-"""The shape every reconcile shares: parse -> build -> apply -> status.
+"""The shape every reconcile shares: parse -> (build, apply, observe) -> status.
 
-Handlers stay thin glue around this; the kind-specific parts are pure functions
-(`builders.<kind>.build`, `status.<kind>`).
+Handlers stay thin glue around `reconcile`; what differs per kind is one `Step`: given the
+parsed spec it applies children, observes them and returns conditions and status fields
+(through the pure functions in `builders.<kind>` and `status.<kind>`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -18,16 +21,55 @@ from phiops_operator.errors import describe
 from phiops_operator.k8s import Kube, KubeError
 from phiops_operator.metrics import observe_reconcile
 from phiops_operator.models.kinds import Kind
-
-Builder = Callable[[Mapping[str, Any], Any, OperatorConfig], list[dict[str, Any]]]
-StatusFn = Callable[[Any, list[dict[str, Any]]], Sequence[conditions.Observation]]
-InvalidFn = Callable[[str], Sequence[conditions.Observation]]
+from phiops_operator.status.common import ACCEPTED, invalid_spec
 
 RETRY_DELAY_SECONDS = 15
+StatusUpdate = tuple[Sequence[conditions.Observation], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a step may use: the API, the operator's config, and the parent as a plain dict."""
+
+    kube: Kube
+    config: OperatorConfig
+    parent: dict[str, Any]
+    memo: kopf.Memo
+    logger: Any
+
+    @property
+    def namespace(self) -> str:
+        return str(self.parent["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.parent["metadata"]["name"])
+
+
+Step = Callable[[Context, Any], Awaitable[StatusUpdate]]
 
 
 def parse_spec(kind: Kind, spec: Mapping[str, Any]) -> BaseModel:
     return kind.spec.model_validate(dict(spec))
+
+
+def plain_parent(body: kopf.Body) -> dict[str, Any]:
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+    }
+
+
+def known_invalid(body: kopf.Body) -> bool:
+    """This generation was already found invalid: periodic work has nothing to do."""
+    accepted = conditions.find(body.status.get("conditions"), ACCEPTED)
+    return bool(
+        accepted
+        and accepted.get("status") == "False"
+        and accepted.get("observedGeneration") == body.meta.get("generation")
+    )
 
 
 async def reconcile(
@@ -35,38 +77,40 @@ async def reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     memo: kopf.Memo,
-    build: Builder,
-    status_of: StatusFn,
-    invalid: InvalidFn,
+    logger: Any,
+    step: Step,
 ) -> None:
     generation = int(body.meta.get("generation") or 0)
     previous = body.status.get("conditions")
-    config: OperatorConfig = memo["config"]
-    kube: Kube = memo["kube"]
 
-    def write(observed: Sequence[conditions.Observation]) -> None:
+    def write(observed: Sequence[conditions.Observation], fields: Mapping[str, Any]) -> None:
+        for key, value in fields.items():
+            patch.status[key] = value
         patch.status["conditions"] = conditions.merge(previous, observed, generation)
         patch.status["observedGeneration"] = generation
 
-    with observe_reconcile(kind.kind) as outcome:
-        try:
-            spec = parse_spec(kind, body.spec)
-        except ValidationError as err:
-            message = describe(err)
-            write(invalid(message))
-            outcome.result = "invalid"
-            raise kopf.PermanentError(f"InvalidSpec: {message}") from None
-
-        parent = {
-            "apiVersion": body["apiVersion"],
-            "kind": body["kind"],
-            "metadata": dict(body.metadata),
-        }
-        children = build(parent, spec, config)
-        try:
-            applied = [await kube.apply(child) for child in children]
-        except KubeError as err:
-            outcome.result = "retry"
-            raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
-        write(status_of(spec, applied))
-        outcome.result = "success"
+    # A timer and a change handler may fire together for one object; run one at a time.
+    lock: asyncio.Lock = memo.setdefault("reconcile_lock", asyncio.Lock())
+    async with lock:
+        with observe_reconcile(kind.kind) as outcome:
+            try:
+                spec = parse_spec(kind, body.spec)
+            except ValidationError as err:
+                message = describe(err)
+                write(invalid_spec(message), {})
+                outcome.result = "invalid"
+                raise kopf.PermanentError(f"InvalidSpec: {message}") from None
+            context = Context(
+                kube=memo["kube"],
+                config=memo["config"],
+                parent=plain_parent(body),
+                memo=memo,
+                logger=logger,
+            )
+            try:
+                observed, fields = await step(context, spec)
+            except KubeError as err:
+                outcome.result = "retry"
+                raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+            write(observed, fields)
+            outcome.result = "success"

@@ -5,36 +5,23 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 
-from tests.conftest import Cluster, free_port
+from tests.conftest import Cluster
 from tests.helpers import SAMPLES_DIR, samples
 
 pytestmark = pytest.mark.cluster
 NS = "operator-tests"
 
 
-@pytest.fixture(scope="module")
-def operator(crds: Cluster, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[int]:
-    """The operator running in this process (Kopf's runner thread); yields its metrics port."""
-    metrics_port = free_port()
-    monkeypatch_module.setenv("PHIOPS_METRICS_PORT", str(metrics_port))
+@pytest.fixture(scope="module", autouse=True)
+def namespace(crds: Cluster) -> str:
     crds.kubectl("create", "namespace", NS)
-    args = ["run", "--all-namespaces", "--standalone", "-m", "phiops_operator.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
-        yield metrics_port
-    assert runner.exception is None, runner.exception
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+    return NS
 
 
 def get(cluster: Cluster, *args: str) -> dict[str, Any]:
@@ -121,24 +108,25 @@ def test_every_sample_gets_conditions_and_observed_generation(operator: int, crd
         obj = get(crds, kind, name)
         assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
         ready = condition(obj, "Ready")
-        assert ready is not None and ready["status"] == "False"
-        assert ready["reason"] == "WorkloadPending"
+        assert ready is not None
         assert ready["observedGeneration"] == obj["metadata"]["generation"]
-        assert condition(obj, "Stalled")["status"] == "False"  # type: ignore[index]
+        if sample["kind"] != "KnowledgeBase":  # the KnowledgeBase runs for real: see its tests
+            assert (ready["status"], ready["reason"]) == ("False", "WorkloadPending")
+            assert condition(obj, "Stalled")["status"] == "False"  # type: ignore[index]
 
 
 def test_children_are_applied_by_the_operator_with_owner_references(
     operator: int, crds: Cluster
 ) -> None:
-    crds.kubectl("apply", "-n", NS, "-f", str(SAMPLES_DIR / "knowledgebase.yaml"))
-    config_map = eventually(lambda: get_or_none(crds, "configmap", "handbook-embed-config"))
-    owner = get(crds, "knowledgebase", "handbook")
+    crds.kubectl("apply", "-n", NS, "-f", str(SAMPLES_DIR / "phideployment.yaml"))
+    config_map = eventually(lambda: get_or_none(crds, "configmap", "assistant-serve-config"))
+    owner = get(crds, "phideployment", "assistant")
     assert config_map["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
-    with_fields = get(crds, "configmap", "handbook-embed-config", "--show-managed-fields")
+    with_fields = get(crds, "configmap", "assistant-serve-config", "--show-managed-fields")
     managers = {m["manager"] for m in with_fields["metadata"]["managedFields"]}
     assert managers == {"phiops-operator"}
     rendered = json.loads(config_map["data"]["config.json"])
-    assert rendered["spec"]["sources"][0]["configMap"]["name"] == "handbook-docs"
+    assert rendered["spec"]["adapters"][0]["fineTuneJobRef"]["name"] == "support-tone"
 
 
 def get_or_none(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
@@ -197,7 +185,8 @@ def test_invalid_spec_is_stalled_with_the_field_named_then_recovers(
     ready = condition(obj, "Ready")
     assert ready is not None and ready["reason"] == "InvalidSpec"
     assert "spec.chunking: overlap (80) must be smaller than size (64)" in ready["message"]
-    assert get_or_none(crds, "configmap", "overlapping-embed-config") is None  # nothing half-built
+    # Nothing half-built: not even the store.
+    assert get_or_none(crds, "deployment", "overlapping-store") is None
 
     manifest["spec"]["chunking"]["overlap"] = 16  # type: ignore[index]
     crds.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))

@@ -1,13 +1,13 @@
 import json
 from typing import Any
 
-from phiops_operator.builders import fine_tune_job, knowledge_base, phi_deployment
+from phiops_operator.builders import fine_tune_job, phi_deployment
 from phiops_operator.config import OperatorConfig
-from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 
 PARENT: dict[str, Any] = {
     "apiVersion": "phiops.dev/v1alpha1",
-    "kind": "KnowledgeBase",
+    "kind": "FineTuneJob",
     "metadata": {
         "name": "handbook",
         "namespace": "team-a",
@@ -18,22 +18,20 @@ PARENT: dict[str, Any] = {
 }
 
 
-def build_kb() -> list[dict[str, Any]]:
-    spec = KnowledgeBaseSpec.model_validate(
-        {"sources": [{"name": "a", "configMap": {"name": "x"}}]}
-    )
-    return knowledge_base.build(PARENT, spec, OperatorConfig())
+def build_job() -> list[dict[str, Any]]:
+    spec = FineTuneJobSpec.model_validate({"dataset": {"url": "https://e/d.jsonl"}})
+    return fine_tune_job.build(PARENT, spec, OperatorConfig())
 
 
 def test_config_map_has_fixed_name_owner_and_recommended_labels() -> None:
-    (child,) = build_kb()
+    (child,) = build_job()
     meta = child["metadata"]
-    assert meta["name"] == "handbook-embed-config"
+    assert meta["name"] == "handbook-train-config"
     assert meta["namespace"] == "team-a"
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "phiops.dev/v1alpha1",
-            "kind": "KnowledgeBase",
+            "kind": "FineTuneJob",
             "name": "handbook",
             "uid": "1234",
             "controller": True,
@@ -45,22 +43,26 @@ def test_config_map_has_fixed_name_owner_and_recommended_labels() -> None:
 
 
 def test_children_never_inherit_the_parents_labels() -> None:
-    (child,) = build_kb()
+    (child,) = build_job()
     for key in PARENT["metadata"]["labels"]:
         assert key not in child["metadata"]["labels"]
 
 
 def test_rendering_is_deterministic_and_carries_resolved_defaults() -> None:
-    first, second = build_kb(), build_kb()
+    first, second = build_job(), build_job()
     assert first == second
     config = json.loads(first[0]["data"]["config.json"])
     assert config["resource"]["generation"] == 2
-    assert config["spec"]["chunking"] == {"strategy": "markdown", "size": 200, "overlap": 32}
+    assert config["spec"]["lora"]["targetModules"] == [
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ]
 
 
 def test_every_kind_uses_its_own_component_name() -> None:
-    assert {
-        knowledge_base.CONFIG_COMPONENT,
-        fine_tune_job.CONFIG_COMPONENT,
-        phi_deployment.CONFIG_COMPONENT,
-    } == {"embed-config", "train-config", "serve-config"}
+    assert {fine_tune_job.CONFIG_COMPONENT, phi_deployment.CONFIG_COMPONENT} == {
+        "train-config",
+        "serve-config",
+    }

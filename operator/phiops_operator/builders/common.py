@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from phiops_operator import __version__
+from phiops_operator.models.base import PodSettings
 
 MANAGED_BY = "phiops-operator"
 
@@ -77,3 +78,33 @@ def workload_config(
         "generation": meta.get("generation", 0),
     }
     return config_map(parent, component, {"config.json": {"resource": resource, "spec": spec_wire}})
+
+
+def placement(settings: PodSettings | None) -> dict[str, Any]:
+    """The pod-spec fields a resource's pod settings control (scheduling only)."""
+    if settings is None:
+        return {}
+    out: dict[str, Any] = {}
+    if settings.node_selector:
+        out["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        out["tolerations"] = [t.to_wire() for t in settings.tolerations]
+    if settings.affinity:
+        out["affinity"] = settings.affinity
+    if settings.priority_class_name:
+        out["priorityClassName"] = settings.priority_class_name
+    return out
+
+
+def container_resources(settings: PodSettings | None) -> dict[str, Any]:
+    if settings is None or settings.resources is None:
+        return {}
+    return settings.resources.to_wire()
+
+
+def secret_volume(name: str, secret: str, key: str, file_name: str) -> dict[str, Any]:
+    """Mount one Secret key as a file: secrets reach workloads as files, never env or logs."""
+    return {
+        "name": name,
+        "secret": {"secretName": secret, "items": [{"key": key, "path": file_name}]},
+    }

@@ -1,19 +1,421 @@
-"""Children of a KnowledgeBase."""
+"""Children of a KnowledgeBase: the embedded store (PVC, Deployment, Service) and, per sync,
+a config ConfigMap and one embedding Job per shard. PURE: no API calls."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from phiops_operator.builders.common import workload_config
+from phiops_workload.contracts import ResourceIdentity
+from phiops_workload.knowledge import (
+    ChunkingConfig,
+    EmbeddingConfig,
+    EmbedJobConfig,
+    ShardConfig,
+    SourceConfig,
+    StoreConfig,
+    default_alias,
+    physical_collection,
+    settings_fingerprint,
+)
+
+from phiops_operator.builders.common import (
+    child_metadata,
+    child_name,
+    config_map,
+    container_resources,
+    labels,
+    placement,
+    secret_volume,
+)
 from phiops_operator.config import OperatorConfig
-from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+from phiops_operator.models.knowledge_base import DocumentSource, KnowledgeBaseSpec
 
-CONFIG_COMPONENT = "embed-config"
+STORE_COMPONENT = "store"
+SYNC_COMPONENT = "sync"
+STORE_PORT = 19530
+STORE_DATA_DIR = "/var/lib/phiops-store"
+SOURCES_DIR = "/phiops/sources"
+SECRETS_DIR = "/phiops/secrets"
+CONFIG_DIR = "/etc/phiops"
+SYNC_ID_LABEL = "phiops.dev/sync-id"
+SHARD_LABEL = "phiops.dev/shard"
+# Pod retries inside one Job (eviction, node loss); failed syncs are retried by the operator.
+JOB_BACKOFF_LIMIT = 2
 
 
-def build(
+def store_name(parent_name: str) -> str:
+    return child_name(parent_name, STORE_COMPONENT)
+
+
+def store_uri(parent: Mapping[str, Any], spec: KnowledgeBaseSpec) -> str:
+    """Where workloads reach the store: the embedded store's Service, or the user's Milvus."""
+    milvus = spec.vector_store.milvus
+    if milvus.uri is not None:
+        return milvus.uri
+    meta = parent["metadata"]
+    return f"http://{store_name(meta['name'])}.{meta['namespace']}.svc:{STORE_PORT}"
+
+
+def store_children(
     parent: Mapping[str, Any], spec: KnowledgeBaseSpec, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    """The configuration the embedding workload mounts."""
-    return [workload_config(parent, CONFIG_COMPONENT, spec.to_wire())]
+    """milvus-lite served from one pod with its volume (one process may open the data)."""
+    if spec.vector_store.milvus.uri is not None:
+        return []
+    name = store_name(parent["metadata"]["name"])
+    storage = spec.vector_store.milvus.embedded.storage
+    claim_meta = child_metadata(parent, STORE_COMPONENT)
+    if spec.reclaim_policy == "Retain":
+        # Without an owner the garbage collector leaves the data when the resource goes.
+        claim_meta.pop("ownerReferences")
+    claim: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": claim_meta,
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": storage.size}},
+        },
+    }
+    if storage.storage_class_name:
+        claim["spec"]["storageClassName"] = storage.storage_class_name
+    selector = {
+        "app.kubernetes.io/instance": parent["metadata"]["name"],
+        "app.kubernetes.io/component": STORE_COMPONENT,
+    }
+    pod_labels = labels(parent["kind"], parent["metadata"]["name"], STORE_COMPONENT)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(parent, STORE_COMPONENT),
+        "spec": {
+            "replicas": 1,
+            # Never two store pods at once: milvus-lite locks its data directory.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "milvus-lite",
+                            "image": (spec.pod and spec.pod.image) or config.images.embed,
+                            "args": [
+                                "serve-store",
+                                "--data-dir",
+                                STORE_DATA_DIR,
+                                "--host",
+                                "0.0.0.0",
+                                "--port",
+                                str(STORE_PORT),
+                            ],
+                            # protocol is a list-map key: server-side apply (1.20) fails without it.
+                            "ports": [
+                                {"name": "milvus", "containerPort": STORE_PORT, "protocol": "TCP"}
+                            ],
+                            "readinessProbe": {
+                                "tcpSocket": {"port": STORE_PORT},
+                                "periodSeconds": 2,
+                            },
+                            "volumeMounts": [{"name": "data", "mountPath": STORE_DATA_DIR}],
+                        }
+                    ],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(parent, STORE_COMPONENT),
+        "spec": {
+            "selector": selector,
+            "ports": [
+                {"name": "milvus", "port": STORE_PORT, "targetPort": STORE_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+    return [claim, deployment, service]
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What one sync writes, derived from the spec: same spec and trigger, same plan."""
+
+    sync_id: str
+    alias: str
+    collection: str
+    configs: tuple[EmbedJobConfig, ...]
+
+
+def sync_id(trigger: Mapping[str, Any]) -> str:
+    """A short, stable id for one sync trigger (generation, request, tick, source versions)."""
+    text = repr(sorted(trigger.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _source_config(source: DocumentSource) -> SourceConfig:
+    root = f"{SOURCES_DIR}/{source.name}"
+    if source.config_map is not None:
+        return SourceConfig(
+            name=source.name, kind="configMap", local_path=root, format=source.format
+        )
+    if source.persistent_volume_claim is not None:
+        pvc = source.persistent_volume_claim
+        path = root if pvc.path == "." else f"{root}/{pvc.path}"
+        return SourceConfig(
+            name=source.name,
+            kind="persistentVolumeClaim",
+            local_path=path,
+            include=list(pvc.include),
+            exclude=list(pvc.exclude or []),
+            format=source.format,
+        )
+    if source.http is not None:
+        return SourceConfig(
+            name=source.name, kind="http", urls=list(source.http.urls), format=source.format
+        )
+    assert source.git is not None  # the model guarantees exactly one kind
+    return SourceConfig(
+        name=source.name,
+        kind="git",
+        git_url=source.git.url,
+        git_ref=source.git.ref,
+        git_subpath=source.git.subpath,
+        format=source.format,
+    )
+
+
+def _embedding_config(spec: KnowledgeBaseSpec) -> EmbeddingConfig:
+    embedding = spec.embedding
+    if embedding.provider == "openai":
+        openai = embedding.openai
+        assert openai is not None  # the model guarantees it
+        return EmbeddingConfig(
+            provider="openai",
+            model=openai.model,
+            batch_size=openai.batch_size,
+            base_url=openai.base_url,
+            dimensions=openai.dimensions,
+            api_key_file=f"{SECRETS_DIR}/openai/api-key" if openai.api_key_secret_ref else None,
+        )
+    st = embedding.sentence_transformers
+    return EmbeddingConfig(
+        provider="sentenceTransformers",
+        model=st.model,
+        device=st.device,
+        batch_size=st.batch_size,
+        precision=st.precision,
+    )
+
+
+def plan_sync(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, trigger: Mapping[str, Any]
+) -> SyncPlan:
+    meta = parent["metadata"]
+    milvus = spec.vector_store.milvus
+    alias = milvus.collection or default_alias(meta["namespace"], meta["name"])
+    chunking = ChunkingConfig(**spec.chunking.model_dump())
+    embedding = _embedding_config(spec)
+    partial_store = StoreConfig(
+        uri=store_uri(parent, spec),
+        token_file=f"{SECRETS_DIR}/milvus/token" if milvus.token_secret_ref else None,
+        database=milvus.database,
+        alias=alias,
+        collection=alias,
+        index_type=milvus.index.type,
+        metric=milvus.index.metric,
+        hybrid=milvus.hybrid,
+    )
+    collection = physical_collection(
+        alias, settings_fingerprint(chunking, embedding, partial_store)
+    )
+    store = partial_store.model_copy(update={"collection": collection})
+    identity = ResourceIdentity.model_validate(
+        {
+            "apiVersion": parent["apiVersion"],
+            "kind": parent["kind"],
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "generation": meta.get("generation", 0),
+        }
+    )
+    sid = sync_id(trigger)
+    shards = spec.sync.parallelism
+    configs = tuple(
+        EmbedJobConfig(
+            resource=identity,
+            sync_id=sid,
+            sources=[_source_config(s) for s in spec.sources],
+            chunking=chunking,
+            embedding=embedding,
+            store=store,
+            shard=ShardConfig(index=i, count=shards),
+        )
+        for i in range(shards)
+    )
+    return SyncPlan(sync_id=sid, alias=alias, collection=collection, configs=configs)
+
+
+def job_name(parent_name: str, plan_id: str, shard: int) -> str:
+    return child_name(parent_name, f"{SYNC_COMPONENT}-{plan_id}-{shard}")
+
+
+def _source_volumes(spec: KnowledgeBaseSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for source in spec.sources:
+        volume_name = f"src-{source.name}"
+        if source.config_map is not None:
+            volume: dict[str, Any] = {
+                "name": volume_name,
+                "configMap": {"name": source.config_map.name},
+            }
+            if source.config_map.keys:
+                volume["configMap"]["items"] = [
+                    {"key": k, "path": k} for k in source.config_map.keys
+                ]
+        elif source.persistent_volume_claim is not None:
+            volume = {
+                "name": volume_name,
+                "persistentVolumeClaim": {
+                    "claimName": source.persistent_volume_claim.claim_name,
+                    "readOnly": True,
+                },
+            }
+        else:
+            continue  # http and git sources are fetched by the embedder
+        volumes.append(volume)
+        mounts.append(
+            {"name": volume_name, "mountPath": f"{SOURCES_DIR}/{source.name}", "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def _secret_volumes(spec: KnowledgeBaseSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes, mounts = [], []
+    openai = spec.embedding.openai
+    if spec.embedding.provider == "openai" and openai and openai.api_key_secret_ref:
+        ref = openai.api_key_secret_ref
+        volumes.append(secret_volume("openai-key", ref.name, ref.key, "api-key"))
+        mounts.append(
+            {"name": "openai-key", "mountPath": f"{SECRETS_DIR}/openai", "readOnly": True}
+        )
+    token = spec.vector_store.milvus.token_secret_ref
+    if token is not None:
+        volumes.append(secret_volume("milvus-token", token.name, token.key, "token"))
+        mounts.append(
+            {"name": "milvus-token", "mountPath": f"{SECRETS_DIR}/milvus", "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def sync_children(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, plan: SyncPlan, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """The config ConfigMap and one Job per shard for one sync, all named after its id."""
+    parent_name = parent["metadata"]["name"]
+    component = f"{SYNC_COMPONENT}-{plan.sync_id}"
+    configs = config_map(
+        parent,
+        component,
+        {f"shard-{c.shard.index}.json": c.model_dump(mode="json") for c in plan.configs},
+    )
+    configs["metadata"]["labels"][SYNC_ID_LABEL] = plan.sync_id
+    source_volumes, source_mounts = _source_volumes(spec)
+    secret_volumes, secret_mounts = _secret_volumes(spec)
+    jobs = []
+    for shard_config in plan.configs:
+        shard = shard_config.shard.index
+        meta = child_metadata(parent, component)
+        meta["name"] = job_name(parent_name, plan.sync_id, shard)
+        meta["labels"] |= {SYNC_ID_LABEL: plan.sync_id, SHARD_LABEL: str(shard)}
+        pod_labels = labels(parent["kind"], parent_name, SYNC_COMPONENT) | {
+            SYNC_ID_LABEL: plan.sync_id,
+            SHARD_LABEL: str(shard),
+        }
+        container: dict[str, Any] = {
+            "name": "embed",
+            "image": (spec.pod and spec.pod.image) or config.images.embed,
+            "args": ["sync", "--config", f"{CONFIG_DIR}/shard-{shard}.json"],
+            "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+            "volumeMounts": [
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                *source_mounts,
+                *secret_mounts,
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+        if resources := container_resources(spec.pod):
+            container["resources"] = resources
+        jobs.append(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": meta,
+                "spec": {
+                    "backoffLimit": JOB_BACKOFF_LIMIT,
+                    "template": {
+                        "metadata": {"labels": pod_labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [container],
+                            "volumes": [
+                                {
+                                    "name": "config",
+                                    "configMap": {"name": configs["metadata"]["name"]},
+                                },
+                                *source_volumes,
+                                *secret_volumes,
+                            ],
+                            **placement(spec.pod),
+                        },
+                    },
+                },
+            }
+        )
+    return [configs, *jobs]
+
+
+def cleanup_job(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, alias: str, config: OperatorConfig
+) -> dict[str, Any]:
+    """For reclaimPolicy Delete on an external Milvus: drop the alias and its collections."""
+    milvus = spec.vector_store.milvus
+    args = ["drop", "--uri", store_uri(parent, spec), "--alias", alias]
+    secret_volumes, secret_mounts = _secret_volumes(spec)
+    if milvus.token_secret_ref is not None:
+        args += ["--token-file", f"{SECRETS_DIR}/milvus/token"]
+    meta = child_metadata(parent, "drop")
+    # Owned by nothing: it must outlive the resource it cleans up after (it has a TTL).
+    meta.pop("ownerReferences")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 3,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels(parent["kind"], parent["metadata"]["name"], "drop")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "drop",
+                            "image": (spec.pod and spec.pod.image) or config.images.embed,
+                            "args": args,
+                            "volumeMounts": secret_mounts,
+                        }
+                    ],
+                    "volumes": secret_volumes,
+                    **placement(spec.pod),
+                },
+            },
+        },
+    }

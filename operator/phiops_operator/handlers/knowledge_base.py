@@ -1,26 +1,285 @@
-"""Kopf glue for KnowledgeBase: parse -> build -> apply -> status."""
+"""Kopf glue for KnowledgeBase: store -> sources -> sync Jobs -> status, on change and on a
+timer (Jobs finish, intervals pass, the store comes up)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import kopf
+from phiops_workload.contracts import WorkloadResult
+from phiops_workload.knowledge import REASON_EMBEDDING_FAILED
+from pydantic import ValidationError
 
-from phiops_operator import GROUP, VERSION
+from phiops_operator import GROUP, VERSION, metrics
 from phiops_operator.builders import knowledge_base as builder
+from phiops_operator.durations import parse_duration
 from phiops_operator.models.kinds import KNOWLEDGE_BASE
-from phiops_operator.reconcile import reconcile
-from phiops_operator.status.common import awaiting_workload, invalid_spec
+from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+from phiops_operator.reconcile import (
+    Context,
+    StatusUpdate,
+    known_invalid,
+    plain_parent,
+    reconcile,
+)
+from phiops_operator.status import knowledge_base as status
+
+SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
+TIMER_SECONDS = 5
+CONNECT_TIMEOUT_SECONDS = 3
 
 
-def _status(_spec: Any, applied: list[dict[str, Any]]) -> Any:
-    return awaiting_workload(applied[0]["metadata"]["name"], "embedding")
+def _parse_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def _missing_sources(
+    context: Context, spec: KnowledgeBaseSpec
+) -> tuple[list[str], dict[str, str]]:
+    """Sources that do not exist, and the resourceVersions of the ConfigMaps that do (an
+    edited document is a new version, hence a new sync)."""
+    missing, versions = [], {}
+    for source in spec.sources:
+        if source.config_map is not None:
+            found = await context.kube.get(
+                "v1", "ConfigMap", context.namespace, source.config_map.name
+            )
+            if found is None:
+                missing.append(f"ConfigMap {source.config_map.name} (source {source.name})")
+            else:
+                versions[source.name] = found["metadata"]["resourceVersion"]
+        elif source.persistent_volume_claim is not None:
+            claim = source.persistent_volume_claim.claim_name
+            if (
+                await context.kube.get("v1", "PersistentVolumeClaim", context.namespace, claim)
+                is None
+            ):
+                missing.append(f"PersistentVolumeClaim {claim} (source {source.name})")
+    return missing, versions
+
+
+async def _external_store_unreachable(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    host, port = parsed.hostname, parsed.port or 19530
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), timeout=CONNECT_TIMEOUT_SECONDS
+        )
+    except (OSError, TimeoutError) as err:
+        reason = str(err) or "timed out"
+        return f"cannot connect to Milvus at {uri}: {reason}; retrying every {TIMER_SECONDS}s"
+    writer.close()
+    return None
+
+
+async def _store_state(context: Context, spec: KnowledgeBaseSpec) -> tuple[bool, str]:
+    if spec.vector_store.milvus.uri is not None:
+        return True, ""
+    name = builder.store_name(context.name)
+    deployment = await context.kube.get("apps/v1", "Deployment", context.namespace, name)
+    ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+    return ready >= 1, f"waiting for the store pod of Deployment {name} to become ready"
+
+
+def _trigger(context: Context, spec: KnowledgeBaseSpec, versions: dict[str, str]) -> dict[str, Any]:
+    """Everything that asks for a new sync: spec, an explicit request, an elapsed interval,
+    and edited ConfigMap documents. Derived from observed state, never remembered."""
+    meta = context.parent["metadata"]
+    trigger: dict[str, Any] = {
+        "generation": meta.get("generation", 0),
+        "request": (meta.get("annotations") or {}).get(SYNC_REQUEST_ANNOTATION, ""),
+        "sources": sorted(versions.items()),
+    }
+    if spec.sync.interval:
+        age = time.time() - _parse_time(meta["creationTimestamp"])
+        trigger["tick"] = int(age // parse_duration(spec.sync.interval))
+    return trigger
+
+
+def _job_state(job: dict[str, Any]) -> status.JobState:
+    job_status = job.get("status") or {}
+    if int(job_status.get("succeeded") or 0) >= 1:
+        return "succeeded"
+    failed = any(
+        c.get("type") == "Failed" and c.get("status") == "True"
+        for c in job_status.get("conditions") or []
+    )
+    return "failed" if failed else "active"
+
+
+async def _shard_result(context: Context, job: str) -> WorkloadResult | None:
+    """The termination message of the Job's latest finished pod."""
+    pods = await context.kube.list("v1", "Pod", context.namespace, f"job-name={job}")
+    pods.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if not terminated:
+                continue
+            message = terminated.get("message") or ""
+            try:
+                return WorkloadResult.model_validate_json(message)
+            except ValidationError:
+                text = message.strip()[-500:] or f"exit code {terminated.get('exitCode')}"
+                return WorkloadResult(
+                    outcome="Failed", reason=REASON_EMBEDDING_FAILED, message=text
+                )
+    return None
+
+
+async def _observe_syncs(context: Context) -> dict[str, status.SyncObservation]:
+    jobs = await context.kube.list(
+        "batch/v1",
+        "Job",
+        context.namespace,
+        f"app.kubernetes.io/instance={context.name},{builder.SYNC_ID_LABEL}",
+    )
+    by_sync: dict[str, list[status.ShardObservation]] = {}
+    for job in jobs:
+        sync = job["metadata"]["labels"][builder.SYNC_ID_LABEL]
+        state = _job_state(job)
+        result = (
+            await _shard_result(context, job["metadata"]["name"]) if state != "active" else None
+        )
+        job_status = job.get("status") or {}
+        by_sync.setdefault(sync, []).append(
+            status.ShardObservation(
+                job=job["metadata"]["name"],
+                state=state,
+                result=result,
+                started=job_status.get("startTime"),
+                finished=job_status.get("completionTime")
+                or (job_status.get("conditions") or [{}])[-1].get("lastTransitionTime"),
+            )
+        )
+    return {sid: status.SyncObservation(sid, shards) for sid, shards in by_sync.items()}
+
+
+async def _prune(
+    context: Context, syncs: dict[str, status.SyncObservation], keep: set[str]
+) -> None:
+    for sid, sync in syncs.items():
+        if sid in keep:
+            continue
+        for shard in sync.shards:
+            await context.kube.delete("batch/v1", "Job", context.namespace, shard.job)
+        await context.kube.delete(
+            "v1", "ConfigMap", context.namespace, f"{context.name}-{builder.SYNC_COMPONENT}-{sid}"
+        )
+
+
+def _record_metrics(
+    context: Context, fields: dict[str, Any], failed: status.SyncObservation | None
+) -> None:
+    ns, name = context.namespace, context.name
+    if "documents" in fields:
+        metrics.KB_DOCUMENTS.labels(ns, name).set(fields["documents"]["total"])
+        metrics.KB_CHUNKS.labels(ns, name).set(fields["chunks"])
+        metrics.KB_SYNC_DURATION.labels(ns, name).set(fields["lastSyncDurationSeconds"])
+        if fields.get("lastSyncTime"):
+            metrics.KB_LAST_SYNC.labels(ns, name).set(_parse_time(fields["lastSyncTime"]))
+    counted: set[str] = context.memo.setdefault("counted_failures", set())
+    if failed is not None and failed.sync_id not in counted:
+        counted.add(failed.sync_id)
+        metrics.KB_SYNC_FAILURES.labels(ns, name, status.failure(failed)[0]).inc()
+
+
+async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
+    for child in builder.store_children(context.parent, spec, context.config):
+        await context.kube.apply(child)
+    store_ready, store_message = await _store_state(context, spec)
+    missing, versions = await _missing_sources(context, spec)
+    uri = builder.store_uri(context.parent, spec)
+    unreachable = None
+    if spec.vector_store.milvus.uri is not None:
+        unreachable = await _external_store_unreachable(uri)
+
+    plan = builder.plan_sync(context.parent, spec, _trigger(context, spec, versions))
+    syncs = await _observe_syncs(context)
+    current = syncs.get(plan.sync_id)
+    if current is None and store_ready and not missing and unreachable is None:
+        for child in builder.sync_children(context.parent, spec, plan, context.config):
+            await context.kube.apply(child)
+        context.logger.info(f"sync {plan.sync_id} started ({len(plan.configs)} shard(s))")
+        current = status.SyncObservation(
+            plan.sync_id,
+            [
+                status.ShardObservation(
+                    job=builder.job_name(context.name, plan.sync_id, i), state="active"
+                )
+                for i in range(len(plan.configs))
+            ],
+        )
+    succeeded = [s for s in syncs.values() if s.state == "succeeded" and s.finished]
+    last_success = max(succeeded, key=lambda s: s.finished or "", default=None)
+    await _prune(
+        context, syncs, {plan.sync_id} | ({last_success.sync_id} if last_success else set())
+    )
+
+    observed, fields = status.compute(
+        status.KnowledgeBaseObservation(
+            store_uri=uri,
+            alias=plan.alias,
+            store_ready=store_ready,
+            store_message=store_message,
+            missing_sources=missing,
+            store_unreachable=unreachable,
+            current=current,
+            last_success=last_success,
+        )
+    )
+    _record_metrics(context, fields, current if current and current.state == "failed" else None)
+    return observed, fields
 
 
 @kopf.on.resume(GROUP, VERSION, KNOWLEDGE_BASE.plural)
 @kopf.on.create(GROUP, VERSION, KNOWLEDGE_BASE.plural)
 @kopf.on.update(GROUP, VERSION, KNOWLEDGE_BASE.plural)
 async def reconcile_knowledge_base(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
-    await reconcile(KNOWLEDGE_BASE, body, patch, memo, builder.build, _status, invalid_spec)
+    await reconcile(KNOWLEDGE_BASE, body, patch, memo, logger, step)
+
+
+@kopf.timer(
+    GROUP, VERSION, KNOWLEDGE_BASE.plural, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS
+)
+async def watch_knowledge_base(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
+) -> None:
+    if not known_invalid(body):
+        await reconcile(KNOWLEDGE_BASE, body, patch, memo, logger, step)
+
+
+@kopf.on.delete(GROUP, VERSION, KNOWLEDGE_BASE.plural)
+async def delete_knowledge_base(
+    body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any
+) -> None:
+    """reclaimPolicy Delete: the embedded store's claim is owned (the garbage collector takes
+    it); an external Milvus gets a Job that drops the alias and the collections we made."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    metrics.forget_knowledge_base(namespace, name)
+    try:
+        spec = KnowledgeBaseSpec.model_validate(dict(body.spec))
+    except ValidationError:
+        return  # never valid, so nothing was made
+    if spec.reclaim_policy != "Delete" or spec.vector_store.milvus.uri is None:
+        return
+    context = Context(memo["kube"], memo["config"], plain_parent(body), memo, logger)
+    alias = builder.plan_sync(context.parent, spec, {}).alias
+    job = builder.cleanup_job(context.parent, spec, alias, context.config)
+    found = await context.kube.get("batch/v1", "Job", namespace, job["metadata"]["name"])
+    if found is None:
+        await context.kube.apply(job)
+        raise kopf.TemporaryError(f"dropping collections of alias {alias}", delay=5)
+    state = _job_state(found)
+    if state == "active":
+        raise kopf.TemporaryError(f"dropping collections of alias {alias}", delay=5)
+    if state == "failed":
+        logger.warning(
+            f"could not drop alias {alias} at {spec.vector_store.milvus.uri}; drop it by hand"
+        )

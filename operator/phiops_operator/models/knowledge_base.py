@@ -249,6 +249,11 @@ class KnowledgeBaseSpec(KubeModel):
         milvus = self.vector_store.milvus
         if milvus.token_secret_ref is not None and milvus.uri is None:
             raise ValueError("vectorStore.milvus.tokenSecretRef needs vectorStore.milvus.uri")
+        if self.sync.parallelism > 1 and milvus.uri is None:
+            raise ValueError(
+                "sync.parallelism > 1 needs an external Milvus (vectorStore.milvus.uri): "
+                "the embedded store takes one writer at a time"
+            )
         if self.embedding.provider == "sentenceTransformers":
             model = self.embedding.sentence_transformers.model
             limit = KNOWN_MODEL_MAX_TOKENS.get(model)
@@ -302,3 +307,5 @@ class KnowledgeBaseStatus(CommonStatus):
     """When the last successful sync finished (RFC 3339)."""
     last_sync_duration_seconds: Annotated[float, Field(ge=0)] | None = None
     """How long the last successful sync took."""
+    sync_id: str | None = None
+    """The sync these figures come from (the suffix of its Job names)."""

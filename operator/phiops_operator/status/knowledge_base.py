@@ -1,0 +1,151 @@
+"""PURE: what was observed about a KnowledgeBase's store, sources and sync Jobs -> status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from phiops_workload.contracts import WorkloadResult
+from phiops_workload.knowledge import REASON_EMBEDDING_FAILED, SyncFigures
+from pydantic import ValidationError
+
+from phiops_operator import conditions
+from phiops_operator.conditions import Observation
+from phiops_operator.status.common import ACCEPTED
+
+JobState = Literal["active", "succeeded", "failed"]
+MAX_FAILED_NAMES = 20
+
+
+@dataclass(frozen=True)
+class ShardObservation:
+    """One embedding Job of a sync and what its pod reported."""
+
+    job: str
+    state: JobState
+    result: WorkloadResult | None = None
+    started: str | None = None
+    finished: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncObservation:
+    sync_id: str
+    shards: Sequence[ShardObservation]
+
+    @property
+    def state(self) -> JobState:
+        states = {s.state for s in self.shards}
+        if "failed" in states:
+            return "failed"
+        return "succeeded" if states == {"succeeded"} else "active"
+
+    @property
+    def finished(self) -> str | None:
+        times = [s.finished for s in self.shards if s.finished]
+        return max(times) if times and len(times) == len(self.shards) else None
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseObservation:
+    store_uri: str
+    alias: str
+    store_ready: bool = True
+    store_message: str = ""
+    missing_sources: Sequence[str] = ()
+    store_unreachable: str | None = None
+    current: SyncObservation | None = None
+    last_success: SyncObservation | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_figures(sync: SyncObservation) -> list[SyncFigures]:
+    figures = []
+    for shard in sync.shards:
+        if shard.result is None:
+            continue
+        try:
+            figures.append(SyncFigures.model_validate(shard.result.figures))
+        except ValidationError:
+            continue
+    return figures
+
+
+def figures_status(sync: SyncObservation) -> dict[str, Any]:
+    """Status fields of a finished sync: documents summed over shards, collection-wide chunks."""
+    shards = shard_figures(sync)
+    if not shards:
+        return {}
+    failed_names = sorted({n for f in shards for n in f.documents.failed_names})
+    documents = {
+        key: sum(getattr(f.documents, key) for f in shards)
+        for key in ("total", "added", "updated", "deleted", "unchanged", "failed")
+    }
+    if failed_names:
+        documents["failedNames"] = failed_names[:MAX_FAILED_NAMES]
+    first = shards[0]
+    return {
+        "documents": documents,
+        # Each shard counts the whole collection when it ends; the last to end saw it all.
+        "chunks": max(f.chunks for f in shards),
+        "collection": first.alias,
+        "physicalCollection": first.collection,
+        "model": first.model,
+        "dimension": first.dimension,
+        "lastSyncTime": sync.finished,
+        "lastSyncDurationSeconds": round(max(f.duration_seconds for f in shards), 3),
+        "syncId": sync.sync_id,
+    }
+
+
+def failure(sync: SyncObservation) -> tuple[str, str]:
+    """The reason and message of a failed sync, from the first failed shard that said why."""
+    for shard in sync.shards:
+        if shard.state == "failed":
+            if shard.result is not None:
+                return shard.result.reason, shard.result.message
+            return REASON_EMBEDDING_FAILED, f"Job {shard.job} failed without a result; see its logs"
+    return REASON_EMBEDDING_FAILED, "sync failed"
+
+
+def compute(obs: KnowledgeBaseObservation) -> tuple[list[Observation], dict[str, Any]]:
+    """Conditions and status fields. Figures always come from the last successful sync."""
+    fields: dict[str, Any] = {"storeUri": obs.store_uri, "collection": obs.alias}
+    if obs.last_success is not None:
+        fields |= figures_status(obs.last_success)
+    accepted = Observation(ACCEPTED, "True", "SpecValid", "spec is valid")
+
+    if obs.missing_sources:
+        missing = ", ".join(obs.missing_sources)
+        message = f"not found: {missing}; create them (the operator retries on its own)"
+        return [*conditions.stalled("SourceNotFound", message), accepted], fields
+    if obs.store_unreachable is not None:
+        return [
+            *conditions.stalled("VectorStoreUnavailable", obs.store_unreachable),
+            accepted,
+        ], fields
+    if not obs.store_ready:
+        message = obs.store_message or "waiting for the embedded store to become ready"
+        return [*conditions.reconciling("StoreStarting", message), accepted], fields
+    current = obs.current
+    if current is None:
+        return [
+            *conditions.reconciling("SyncPending", "a sync is about to start"),
+            accepted,
+        ], fields
+    if current.state == "active":
+        done = sum(1 for s in current.shards if s.state == "succeeded")
+        message = f"sync {current.sync_id}: {done}/{len(current.shards)} shards done"
+        return [*conditions.reconciling("Syncing", message), accepted], fields
+    if current.state == "failed":
+        reason, message = failure(current)
+        return [*conditions.stalled(reason, f"sync {current.sync_id}: {message}"), accepted], fields
+    documents = fields.get("documents", {})
+    message = (
+        f"{documents.get('total', 0)} documents, {fields.get('chunks', 0)} chunks in "
+        f"{fields.get('physicalCollection')} (alias {obs.alias})"
+    )
+    if documents.get("failed"):
+        message += f"; {documents['failed']} documents could not be read: see status.documents"
+    return [*conditions.ready("Synced", message), accepted], fields
