@@ -136,3 +136,13 @@ def test_parallel_syncs_shard_the_corpus() -> None:
     assert [j["metadata"]["name"][-2:] for j in jobs] == ["-0", "-1", "-2"]
     assert [c.shard.index for c in plan.configs] == [0, 1, 2]
     assert {c.shard.count for c in plan.configs} == {3}
+
+
+def test_promote_job_runs_after_the_shards_with_the_same_config() -> None:
+    the_spec = spec(vectorStore={"milvus": {"uri": "http://m:19530"}}, sync={"parallelism": 2})
+    plan = kb.plan_sync(PARENT, the_spec, {})
+    job = kb.promote_job(PARENT, the_spec, plan, OperatorConfig())
+    assert job["metadata"]["name"] == f"handbook-sync-{plan.sync_id}-promote"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["promote", "--config", "/etc/phiops/shard-0.json"]
+    assert job["metadata"]["labels"][kb.SHARD_LABEL] == kb.PROMOTE_STEP

@@ -106,3 +106,33 @@ def test_shards_are_summed_and_failed_names_listed() -> None:
     assert fields["documents"]["failedNames"] == ["a/bad0.pdf", "a/bad1.pdf"]
     assert fields["lastSyncTime"] == "2026-01-01T00:00:11Z"
     assert "2 documents could not be read" in conds[0].message
+
+
+def test_sharded_sync_is_ready_only_after_the_alias_switch() -> None:
+    result = WorkloadResult(outcome="Succeeded", reason="Synced", figures=figures(2, 2))
+    shards = [ShardObservation(f"j{i}", "succeeded", result, finished="T") for i in range(2)]
+    waiting = SyncObservation("s5", shards, needs_promotion=True)
+    assert waiting.state == "active"
+    assert (
+        "switching the alias"
+        in compute(KnowledgeBaseObservation(**BASE, current=waiting))[0][0].message
+    )
+    promoted = SyncObservation(
+        "s5",
+        shards,
+        needs_promotion=True,
+        promotion=ShardObservation("p", "succeeded", finished="T"),
+    )
+    assert promoted.state == "succeeded"
+    failed = SyncObservation(
+        "s5",
+        shards,
+        needs_promotion=True,
+        promotion=ShardObservation(
+            "p", "failed", WorkloadResult(outcome="Failed", reason="VectorStoreUnavailable")
+        ),
+    )
+    assert reasons(KnowledgeBaseObservation(**BASE, current=failed))["Ready"] == (
+        "False",
+        "VectorStoreUnavailable",
+    )

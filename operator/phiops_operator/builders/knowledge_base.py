@@ -42,6 +42,7 @@ SECRETS_DIR = "/phiops/secrets"
 CONFIG_DIR = "/etc/phiops"
 SYNC_ID_LABEL = "phiops.dev/sync-id"
 SHARD_LABEL = "phiops.dev/shard"
+PROMOTE_STEP = "promote"
 # Pod retries inside one Job (eviction, node loss); failed syncs are retried by the operator.
 JOB_BACKOFF_LIMIT = 2
 
@@ -262,8 +263,8 @@ def plan_sync(
     return SyncPlan(sync_id=sid, alias=alias, collection=collection, configs=configs)
 
 
-def job_name(parent_name: str, plan_id: str, shard: int) -> str:
-    return child_name(parent_name, f"{SYNC_COMPONENT}-{plan_id}-{shard}")
+def job_name(parent_name: str, plan_id: str, step: int | str) -> str:
+    return child_name(parent_name, f"{SYNC_COMPONENT}-{plan_id}-{step}")
 
 
 def _source_volumes(spec: KnowledgeBaseSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -315,71 +316,100 @@ def _secret_volumes(spec: KnowledgeBaseSpec) -> tuple[list[dict[str, Any]], list
     return volumes, mounts
 
 
+def _config_map_name(parent_name: str, plan_id: str) -> str:
+    return child_name(parent_name, f"{SYNC_COMPONENT}-{plan_id}")
+
+
+def _sync_job(
+    parent: Mapping[str, Any],
+    spec: KnowledgeBaseSpec,
+    plan: SyncPlan,
+    config: OperatorConfig,
+    step: str,
+    args: list[str],
+) -> dict[str, Any]:
+    """One Job of a sync (`step` is a shard index or `promote`), mounting its config,
+    the sources and the secrets."""
+    parent_name = parent["metadata"]["name"]
+    sync_labels = {SYNC_ID_LABEL: plan.sync_id, SHARD_LABEL: step}
+    meta = child_metadata(parent, f"{SYNC_COMPONENT}-{plan.sync_id}")
+    meta["name"] = job_name(parent_name, plan.sync_id, step)
+    meta["labels"] |= sync_labels
+    source_volumes, source_mounts = _source_volumes(spec)
+    secret_volumes, secret_mounts = _secret_volumes(spec)
+    container: dict[str, Any] = {
+        "name": "embed",
+        "image": (spec.pod and spec.pod.image) or config.images.embed,
+        "args": args,
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            *source_mounts,
+            *secret_mounts,
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources := container_resources(spec.pod):
+        container["resources"] = resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": JOB_BACKOFF_LIMIT,
+            "template": {
+                "metadata": {
+                    "labels": labels(parent["kind"], parent_name, SYNC_COMPONENT) | sync_labels
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "config",
+                            "configMap": {"name": _config_map_name(parent_name, plan.sync_id)},
+                        },
+                        *source_volumes,
+                        *secret_volumes,
+                    ],
+                    **placement(spec.pod),
+                },
+            },
+        },
+    }
+
+
 def sync_children(
     parent: Mapping[str, Any], spec: KnowledgeBaseSpec, plan: SyncPlan, config: OperatorConfig
 ) -> list[dict[str, Any]]:
     """The config ConfigMap and one Job per shard for one sync, all named after its id."""
-    parent_name = parent["metadata"]["name"]
-    component = f"{SYNC_COMPONENT}-{plan.sync_id}"
     configs = config_map(
         parent,
-        component,
+        f"{SYNC_COMPONENT}-{plan.sync_id}",
         {f"shard-{c.shard.index}.json": c.model_dump(mode="json") for c in plan.configs},
     )
     configs["metadata"]["labels"][SYNC_ID_LABEL] = plan.sync_id
-    source_volumes, source_mounts = _source_volumes(spec)
-    secret_volumes, secret_mounts = _secret_volumes(spec)
-    jobs = []
-    for shard_config in plan.configs:
-        shard = shard_config.shard.index
-        meta = child_metadata(parent, component)
-        meta["name"] = job_name(parent_name, plan.sync_id, shard)
-        meta["labels"] |= {SYNC_ID_LABEL: plan.sync_id, SHARD_LABEL: str(shard)}
-        pod_labels = labels(parent["kind"], parent_name, SYNC_COMPONENT) | {
-            SYNC_ID_LABEL: plan.sync_id,
-            SHARD_LABEL: str(shard),
-        }
-        container: dict[str, Any] = {
-            "name": "embed",
-            "image": (spec.pod and spec.pod.image) or config.images.embed,
-            "args": ["sync", "--config", f"{CONFIG_DIR}/shard-{shard}.json"],
-            "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
-            "volumeMounts": [
-                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                *source_mounts,
-                *secret_mounts,
-            ],
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }
-        if resources := container_resources(spec.pod):
-            container["resources"] = resources
-        jobs.append(
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": meta,
-                "spec": {
-                    "backoffLimit": JOB_BACKOFF_LIMIT,
-                    "template": {
-                        "metadata": {"labels": pod_labels},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "containers": [container],
-                            "volumes": [
-                                {
-                                    "name": "config",
-                                    "configMap": {"name": configs["metadata"]["name"]},
-                                },
-                                *source_volumes,
-                                *secret_volumes,
-                            ],
-                            **placement(spec.pod),
-                        },
-                    },
-                },
-            }
+    jobs = [
+        _sync_job(
+            parent,
+            spec,
+            plan,
+            config,
+            str(i),
+            ["sync", "--config", f"{CONFIG_DIR}/shard-{i}.json"],
         )
+        for i in range(len(plan.configs))
+    ]
     return [configs, *jobs]
+
+
+def promote_job(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, plan: SyncPlan, config: OperatorConfig
+) -> dict[str, Any]:
+    """After every shard of a sharded sync succeeded: point the alias at the new collection.
+    (A single-shard sync switches the alias itself.)"""
+    args = ["promote", "--config", f"{CONFIG_DIR}/shard-0.json"]
+    return _sync_job(parent, spec, plan, config, PROMOTE_STEP, args)
 
 
 def cleanup_job(

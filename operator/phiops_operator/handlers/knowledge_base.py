@@ -131,6 +131,19 @@ async def _shard_result(context: Context, job: str) -> WorkloadResult | None:
     return None
 
 
+async def _observe_job(context: Context, job: dict[str, Any]) -> status.ShardObservation:
+    state = _job_state(job)
+    job_status = job.get("status") or {}
+    conditions = job_status.get("conditions") or [{}]
+    return status.ShardObservation(
+        job=job["metadata"]["name"],
+        state=state,
+        result=await _shard_result(context, job["metadata"]["name"]) if state != "active" else None,
+        started=job_status.get("startTime"),
+        finished=job_status.get("completionTime") or conditions[-1].get("lastTransitionTime"),
+    )
+
+
 async def _observe_syncs(context: Context) -> dict[str, status.SyncObservation]:
     jobs = await context.kube.list(
         "batch/v1",
@@ -138,25 +151,22 @@ async def _observe_syncs(context: Context) -> dict[str, status.SyncObservation]:
         context.namespace,
         f"app.kubernetes.io/instance={context.name},{builder.SYNC_ID_LABEL}",
     )
-    by_sync: dict[str, list[status.ShardObservation]] = {}
+    shards: dict[str, list[status.ShardObservation]] = {}
+    promotions: dict[str, status.ShardObservation] = {}
     for job in jobs:
-        sync = job["metadata"]["labels"][builder.SYNC_ID_LABEL]
-        state = _job_state(job)
-        result = (
-            await _shard_result(context, job["metadata"]["name"]) if state != "active" else None
+        job_labels = job["metadata"]["labels"]
+        sync, step = job_labels[builder.SYNC_ID_LABEL], job_labels.get(builder.SHARD_LABEL)
+        observed = await _observe_job(context, job)
+        if step == builder.PROMOTE_STEP:
+            promotions[sync] = observed
+        else:
+            shards.setdefault(sync, []).append(observed)
+    return {
+        sid: status.SyncObservation(
+            sid, found, needs_promotion=len(found) > 1, promotion=promotions.get(sid)
         )
-        job_status = job.get("status") or {}
-        by_sync.setdefault(sync, []).append(
-            status.ShardObservation(
-                job=job["metadata"]["name"],
-                state=state,
-                result=result,
-                started=job_status.get("startTime"),
-                finished=job_status.get("completionTime")
-                or (job_status.get("conditions") or [{}])[-1].get("lastTransitionTime"),
-            )
-        )
-    return {sid: status.SyncObservation(sid, shards) for sid, shards in by_sync.items()}
+        for sid, found in shards.items()
+    }
 
 
 async def _prune(
@@ -165,8 +175,8 @@ async def _prune(
     for sid, sync in syncs.items():
         if sid in keep:
             continue
-        for shard in sync.shards:
-            await context.kube.delete("batch/v1", "Job", context.namespace, shard.job)
+        for step in [*sync.shards, *([sync.promotion] if sync.promotion else [])]:
+            await context.kube.delete("batch/v1", "Job", context.namespace, step.job)
         await context.kube.delete(
             "v1", "ConfigMap", context.namespace, f"{context.name}-{builder.SYNC_COMPONENT}-{sid}"
         )

@@ -33,13 +33,24 @@ class ShardObservation:
 class SyncObservation:
     sync_id: str
     shards: Sequence[ShardObservation]
+    # A sharded sync switches the alias in a last Job once every shard succeeded.
+    needs_promotion: bool = False
+    promotion: ShardObservation | None = None
+
+    @property
+    def shards_done(self) -> bool:
+        return all(s.state == "succeeded" for s in self.shards)
 
     @property
     def state(self) -> JobState:
-        states = {s.state for s in self.shards}
-        if "failed" in states:
+        steps = [*self.shards, *([self.promotion] if self.promotion else [])]
+        if any(s.state == "failed" for s in steps):
             return "failed"
-        return "succeeded" if states == {"succeeded"} else "active"
+        if not self.shards_done:
+            return "active"
+        if self.needs_promotion and (self.promotion is None or self.promotion.state != "succeeded"):
+            return "active"
+        return "succeeded"
 
     @property
     def finished(self) -> str | None:
@@ -101,7 +112,7 @@ def figures_status(sync: SyncObservation) -> dict[str, Any]:
 
 def failure(sync: SyncObservation) -> tuple[str, str]:
     """The reason and message of a failed sync, from the first failed shard that said why."""
-    for shard in sync.shards:
+    for shard in [*sync.shards, *([sync.promotion] if sync.promotion else [])]:
         if shard.state == "failed":
             if shard.result is not None:
                 return shard.result.reason, shard.result.message
@@ -137,6 +148,8 @@ def compute(obs: KnowledgeBaseObservation) -> tuple[list[Observation], dict[str,
     if current.state == "active":
         done = sum(1 for s in current.shards if s.state == "succeeded")
         message = f"sync {current.sync_id}: {done}/{len(current.shards)} shards done"
+        if current.shards_done:
+            message += ", switching the alias to the new collection"
         return [*conditions.reconciling("Syncing", message), accepted], fields
     if current.state == "failed":
         reason, message = failure(current)
