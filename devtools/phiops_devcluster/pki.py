@@ -5,10 +5,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-APISERVER_SANS = (
+APISERVER_DNS_SANS = (
     "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-    "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1"
+    "DNS:kubernetes.default.svc.cluster.local"
 )
+
+
+def apiserver_sans(service_ip: str) -> str:
+    """The serving certificate's names: loopback and the `kubernetes` Service's ClusterIP."""
+    return f"{APISERVER_DNS_SANS},IP:127.0.0.1,IP:{service_ip}"
+
 
 # name -> (common name, organisation); these identities are what RBAC's defaults expect.
 CLIENTS = {
@@ -50,9 +56,20 @@ def _sign(pki: Path, name: str, subject: str, extfile_text: str) -> None:
     )
 
 
-def ensure_pki(pki: Path) -> None:
-    """Create the CA, serving, client and service-account keys unless they already exist."""
+def _apiserver_extfile(service_ip: str) -> str:
+    return f"subjectAltName={apiserver_sans(service_ip)}\nextendedKeyUsage=serverAuth\n"
+
+
+def ensure_pki(pki: Path, service_ip: str = "10.0.0.1") -> None:
+    """Create the CA, serving, client and service-account keys unless they already exist.
+
+    `service_ip` (the `kubernetes` Service's ClusterIP) is in the serving certificate; when an
+    existing one names another, only that certificate is made again (same CA).
+    """
     if (pki / "done").exists():
+        ext = pki / "apiserver.ext"
+        if not ext.exists() or ext.read_text() != _apiserver_extfile(service_ip):
+            _sign(pki, "apiserver", "/CN=kube-apiserver", _apiserver_extfile(service_ip))
         return
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("genrsa", "-out", "ca.key", "2048", cwd=pki)
@@ -75,7 +92,7 @@ def ensure_pki(pki: Path) -> None:
         pki,
         "apiserver",
         "/CN=kube-apiserver",
-        f"subjectAltName={APISERVER_SANS}\nextendedKeyUsage=serverAuth\n",
+        _apiserver_extfile(service_ip),
     )
     for name, (cn, org) in CLIENTS.items():
         _sign(pki, name, _subject(cn, org), "extendedKeyUsage=clientAuth\n")

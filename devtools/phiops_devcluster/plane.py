@@ -7,6 +7,7 @@ directory, so a test cluster and a developer's cluster can run side by side on o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import ssl
@@ -24,7 +25,8 @@ from phiops_devcluster.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-control-plane.sh"
-SERVICE_CIDR = "10.0.0.0/24"
+DEFAULT_SERVICE_CIDR = "10.0.0.0/24"
+POD_NETWORK = ipaddress.ip_network("10.244.0.0/16")  # the node runtime's (network.py)
 
 
 def log(message: str) -> None:
@@ -38,6 +40,23 @@ class PlaneConfig:
     api_port: int = 6443
     etcd_port: int = 23790
     with_nodes: bool = True
+    # ClusterIPs come from here. Clusters that run side by side on one host need distinct
+    # ranges (their ClusterIPs are host addresses); inside 10.0.0.0/8, outside the pod
+    # network 10.244.0.0/16. Changing it for an existing cluster needs `down --wipe`.
+    service_cidr: str = DEFAULT_SERVICE_CIDR
+
+    def __post_init__(self) -> None:
+        network = ipaddress.ip_network(self.service_cidr)  # ValueError when malformed
+        if network.version != 4 or network.overlaps(POD_NETWORK) or network.num_addresses < 4:
+            raise ValueError(
+                f"service CIDR {self.service_cidr}: want an IPv4 range outside the pod network "
+                f"{POD_NETWORK} (e.g. 10.0.0.0/24)"
+            )
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The first address of the service range: the `kubernetes` Service's ClusterIP."""
+        return str(ipaddress.ip_network(self.service_cidr)[1])
 
     @property
     def etcd_peer_port(self) -> int:
@@ -91,7 +110,7 @@ class ControlPlane:
         started = time.monotonic()
         cfg = self.config
         bins = control_plane_binaries()
-        ensure_pki(cfg.pki)
+        ensure_pki(cfg.pki, service_ip=cfg.kubernetes_service_ip)
         self._write_kubeconfigs()
 
         if not self.etcd.running():
@@ -190,7 +209,7 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={cfg.service_cidr}",
             # Loopback endpoints for the `kubernetes` Service are refused by validation.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
@@ -211,7 +230,7 @@ class ControlPlane:
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.config.service_cidr}",
             # Pods on a node that stops heart-beating are evicted quickly, as tests expect.
             "--node-monitor-grace-period=20s",
             "--v=1",
@@ -236,6 +255,8 @@ class ControlPlane:
             str(self.config.state_dir),
             "--kubeconfig",
             str(self.config.kubeconfig),
+            "--service-cidr",
+            self.config.service_cidr,
         ]
 
     # -- kubeconfigs and checks -------------------------------------------------------------
@@ -350,4 +371,5 @@ def default_config() -> PlaneConfig:
         kubeconfig=dev / "kubeconfig",
         api_port=int(os.environ.get("PHIOPS_API_PORT", "6443")),
         etcd_port=int(os.environ.get("PHIOPS_ETCD_PORT", "23790")),
+        service_cidr=os.environ.get("PHIOPS_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
     )

@@ -37,15 +37,19 @@ Obj = dict[str, Any]
 @pytest.fixture(scope="module")
 def kube(cluster: Cluster) -> Kube:
     api = Kube(cluster.kubeconfig)
-    api.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+    create_namespace(api, NS)
+    return api
+
+
+def create_namespace(api: Kube, namespace: str) -> None:
+    api.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
     # Pods are refused until the namespace's default ServiceAccount has its token.
     eventually(
-        lambda: (api.get_or_none(f"/api/v1/namespaces/{NS}/serviceaccounts/default") or {}).get(
-            "secrets"
-        ),
+        lambda: (
+            api.get_or_none(f"/api/v1/namespaces/{namespace}/serviceaccounts/default") or {}
+        ).get("secrets"),
         what="the default ServiceAccount token",
     )
-    return api
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 30, what: str = "") -> T:
@@ -59,21 +63,30 @@ def eventually(check: Callable[[], T | None], timeout: float = 30, what: str = "
     raise AssertionError(f"timed out waiting for {what}: last={last!r}")
 
 
-def pod_path(name: str = "") -> str:
-    return f"/api/v1/namespaces/{NS}/pods" + (f"/{name}" if name else "")
+def pod_path(name: str = "", namespace: str = NS) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods" + (f"/{name}" if name else "")
 
 
-def create_pod(kube: Kube, name: str, spec: Obj, labels: dict[str, str] | None = None) -> Obj:
+def create_pod(
+    kube: Kube,
+    name: str,
+    spec: Obj,
+    labels: dict[str, str] | None = None,
+    namespace: str = NS,
+) -> Obj:
     created = kube.create(
-        pod_path(), {"metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+        pod_path(namespace=namespace),
+        {"metadata": {"name": name, "labels": labels or {}}, "spec": spec},
     )
     assert created is not None, f"pod {name} already exists"
     return created
 
 
-def wait_phase(kube: Kube, name: str, *phases: str, timeout: float = 45) -> Obj:
+def wait_phase(
+    kube: Kube, name: str, *phases: str, timeout: float = 45, namespace: str = NS
+) -> Obj:
     def check() -> Obj | None:
-        pod = kube.get(pod_path(name))
+        pod = kube.get(pod_path(name, namespace))
         return pod if pod.get("status", {}).get("phase") in phases else None
 
     return eventually(check, timeout, f"pod {name} to be {'/'.join(phases)}")
@@ -89,7 +102,7 @@ def container_status(pod: Obj, name: str = "main") -> Obj:
 
 def log_text(cluster: Cluster, pod: Obj, container: str = "main") -> str:
     meta = pod["metadata"]
-    path = pod_log_path(cluster.state_dir, NS, meta["name"], meta["uid"], container)
+    path = pod_log_path(cluster.state_dir, meta["namespace"], meta["name"], meta["uid"], container)
     return path.read_text()
 
 

@@ -2,8 +2,9 @@
 
 Nothing here runs in production; there the real kubelet does this work. Started by
 `phiops_devcluster.plane` as `python -m phiops_devcluster.node_runtime --state-dir STATE
---kubeconfig KUBECONFIG`, it runs until SIGTERM and then stops every pod process it started and
-removes the network namespaces (and the bridge, once no other runtime uses it) it created.
+--kubeconfig KUBECONFIG --service-cidr CIDR`, it runs until SIGTERM and then stops every pod
+process it started and removes the network namespaces, its ClusterIP addresses (and the bridge,
+once no other runtime uses it) it created.
 
 What it does:
 - registers and heart-beats two nodes, `phiops-cpu-0` and `phiops-gpu-0` (the latter with
@@ -16,10 +17,17 @@ What it does:
   10.244.0.0/16 on the host bridge `phiops0`, reachable from the host) and each container in a
   private mount namespace with its volumes bind-mounted at their `mountPath`s. Containers of any
   other image are simulated: Running and Ready, no process.
+- Services work as in a cluster, for TCP (`services.py`, `proxy.py`): a userspace kube-proxy
+  makes every ClusterIP of the cluster's service range (`--service-cidr`, the apiserver's
+  `--service-cluster-ip-range`) a host address and relays `ClusterIP:port` round-robin to the
+  ready endpoints, for the host's processes and for pods; each pod's /etc/hosts carries
+  `<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc`, `<svc>.<ns>` (and `<svc>` in its own
+  namespace) for every Service and is kept current while the pod runs; containers get the
+  kubelet's `<NAME>_SERVICE_HOST`/`_PORT` variables of the Services that exist when they start.
 - pods reach the apiserver as in a cluster: `KUBERNETES_SERVICE_HOST`/`_PORT` point at the
-  `kubernetes` Service's ClusterIP (10.0.0.1, in the apiserver certificate), which this runtime
-  forwards to the loopback apiserver. Other Services' ClusterIPs and cluster DNS do not resolve:
-  there is no kube-proxy and no DNS; use pod IPs (Endpoints) instead.
+  `kubernetes` Service's ClusterIP (the first address of the service range, in the apiserver
+  certificate) on the apiserver's port, and `https://kubernetes.default.svc` (port 443) works
+  too; both are relayed to the loopback apiserver.
 
 Files, stable for tests (see `pod_log_path`):
 
@@ -27,7 +35,9 @@ Files, stable for tests (see `pod_log_path`):
         <container>.log          stdout+stderr of every run of that container, appended
         volumes/<volume>/        materialised configMap/secret/emptyDir/downwardAPI volumes
         termination/<container>  the file bound at the container's terminationMessagePath
-        etc-hosts                bound at /etc/hosts
+        etc-hosts                bound at /etc/hosts (rewritten in place as Services change)
+        resolv.conf              bound at /etc/resolv.conf: no DNS server, so that names
+                                 not in /etc/hosts fail at once instead of after 10 s
     STATE/volumes/<pv-name>/     data of the PVs this runtime provisioned
     STATE/logs/node-runtime.log  this runtime's own log (written by plane.py's process manager)
 
@@ -40,6 +50,11 @@ mounted over it, so a mountPath must not hide what the process needs (the checko
 files (e.g. /dev/termination-log). Images other than phiops's are not run. Requests and limits
 are not enforced; startupProbes, lifecycle hooks, ephemeral containers, projected
 serviceAccountToken sources and ConfigMap/Secret updates after start are not supported.
+Services: TCP only (UDP/SCTP ports are ignored); no NodePort/LoadBalancer/externalIPs
+listeners (their ClusterIP works), no sessionAffinity, no ExternalName (not resolvable), no
+DNS server (SRV records, search domains, names of pods); headless Services resolve to their
+ready pod addresses through /etc/hosts. Backends see the host (10.244.0.1) as the client, not
+the pod that connected, as with kube-proxy's userspace mode.
 """
 
 from __future__ import annotations

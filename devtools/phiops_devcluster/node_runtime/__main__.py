@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from phiops_devcluster.node_runtime.runtime import NodeRuntime
+from phiops_devcluster.node_runtime.runtime import DEFAULT_SERVICE_CIDR, NodeRuntime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument(
+        "--service-cidr",
+        default=DEFAULT_SERVICE_CIDR,
+        help="the apiserver's --service-cluster-ip-range (ClusterIPs outside it are not proxied)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    NodeRuntime(args.state_dir, args.kubeconfig).run(stop)
+    NodeRuntime(args.state_dir, args.kubeconfig, args.service_cidr).run(stop)
     return 0
 
 

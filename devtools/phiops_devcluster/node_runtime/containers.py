@@ -460,6 +460,14 @@ class ContainerRun:
             mounts.append(
                 {"source": str(sandbox.dir / "etc-hosts"), "target": "/etc/hosts", "readOnly": True}
             )
+            if Path("/etc/resolv.conf").exists():  # (a dangling link is not mounted over)
+                mounts.append(
+                    {
+                        "source": str(sandbox.dir / "resolv.conf"),
+                        "target": "/etc/resolv.conf",
+                        "readOnly": True,
+                    }
+                )
         return sorted(mounts, key=lambda m: len(Path(m["target"]).parts))
 
     def poll(self) -> bool:

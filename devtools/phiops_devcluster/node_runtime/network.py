@@ -10,20 +10,24 @@ share the bridge `phiops0` (10.244.0.1/16) and allocate pod addresses from one p
 
 A runtime cleans up only its own leftovers and those of owners with no live runtime, and
 removes the bridge only when no other runtime is alive and no reservation is left.
+
+Service ClusterIPs (see `proxy.py`) are /32 addresses on a second, port-less bridge that each
+runtime owns alone, `phsvc<hash of its state dir>`: removing that link removes all of them at
+once, and a runtime that restarts after a crash finds (and replaces) its own by name. The two
+clusters' service ranges differ, so their addresses never collide on the host.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,7 @@ BRIDGE = "phiops0"
 POD_NETWORK = ipaddress.ip_network("10.244.0.0/16")
 GATEWAY = "10.244.0.1"
 NETNS_PREFIX = "phiops-"
+SERVICE_LINK_PREFIX = "phsvc"
 RUN_DIR = Path("/run/phiops-node-runtime")
 IPAM_DIR = RUN_DIR / "ipam"
 RUNTIMES_DIR = RUN_DIR / "runtimes"
@@ -73,12 +78,11 @@ class PodNetwork:
 HOST_NETWORK = PodNetwork(netns=None, ip="127.0.0.1")
 
 
-_bridge_addresses: list[str] = [f"{GATEWAY}/{POD_NETWORK.prefixlen}"]
+GATEWAY_ADDRESS = f"{GATEWAY}/{POD_NETWORK.prefixlen}"
 
 
-def ensure_bridge(extra_addresses: list[str]) -> None:
-    """The shared bridge with the gateway address (and /32s such as the apiserver ClusterIP)."""
-    _bridge_addresses.extend(f"{a}/32" for a in extra_addresses)
+def ensure_bridge() -> None:
+    """The shared bridge with the gateway address."""
     with _ipam_lock():
         _ensure_bridge_locked()
 
@@ -87,11 +91,55 @@ def _ensure_bridge_locked() -> None:
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
         ip("link", "add", BRIDGE, "type", "bridge")
         log.info("created bridge %s", BRIDGE)
-    present = ip("-o", "-4", "addr", "show", "dev", BRIDGE)
-    for address in _bridge_addresses:
-        if f"inet {address} " not in present:
-            ip("addr", "add", address, "dev", BRIDGE)
+    if f"inet {GATEWAY_ADDRESS} " not in ip("-o", "-4", "addr", "show", "dev", BRIDGE):
+        ip("addr", "add", GATEWAY_ADDRESS, "dev", BRIDGE)
     ip("link", "set", BRIDGE, "up")
+
+
+# -- service addresses ------------------------------------------------------------------------
+
+
+def service_link(owner: Path) -> str:
+    """The name of the link that holds a runtime's ClusterIPs (stable for its state dir)."""
+    return SERVICE_LINK_PREFIX + hashlib.sha256(str(owner).encode()).hexdigest()[:8]
+
+
+def create_service_link(owner: Path) -> str:
+    """A fresh, empty link for this runtime's ClusterIPs (replacing a crashed run's one)."""
+    name = service_link(owner)
+    with _ipam_lock():
+        if Path(f"/sys/class/net/{name}").exists():
+            ip("link", "del", name, check=False)
+        # A bridge without ports: `dummy` links need a kernel module these machines lack.
+        ip("link", "add", name, "type", "bridge")
+        with contextlib.suppress(OSError):  # no IPv6 link-local address on it
+            Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1\n")
+        ip("link", "set", name, "up")
+    log.info("created service link %s", name)
+    return name
+
+
+def delete_service_link(name: str) -> None:
+    with _ipam_lock():
+        if Path(f"/sys/class/net/{name}").exists():
+            ip("link", "del", name, check=False)
+            log.info("removed service link %s and its ClusterIPs", name)
+
+
+def add_service_address(link: str, address: str) -> None:
+    """Make `address` (a ClusterIP) local to the host, as a /32 on `link`. Idempotent."""
+    result = subprocess.run(
+        ["ip", "addr", "replace", f"{address}/32", "dev", link],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ip addr replace {address}/32 dev {link}: {result.stderr.strip()}")
+
+
+def remove_service_address(link: str, address: str) -> None:
+    ip("addr", "del", f"{address}/32", "dev", link, check=False)
 
 
 def register_runtime(owner: Path) -> None:
@@ -194,10 +242,22 @@ def _allocate(net: PodNetwork, owner: Path) -> str:
 
 
 def cleanup_stale(owner: Path) -> None:
-    """Remove the pod networks of a previous run of this runtime and of owners that have no
-    live runtime (crashed, or wiped), and namespaces that lost their reservation."""
+    """Remove the pod networks and service links of a previous run of this runtime and of
+    owners that have no live runtime (crashed, or wiped), and namespaces that lost their
+    reservation."""
     with _ipam_lock():
         live = _live_owners() - {str(owner)}
+        keep_links = {service_link(Path(o)) for o in live}
+        for link in Path("/sys/class/net").glob(f"{SERVICE_LINK_PREFIX}*"):
+            if link.name not in keep_links:
+                log.info("removing stale service link %s", link.name)
+                ip("link", "del", link.name, check=False)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():  # /32s earlier versions put there
+            for line in ip("-o", "-4", "addr", "show", "dev", BRIDGE).splitlines():
+                fields = line.split()
+                address = fields[fields.index("inet") + 1] if "inet" in fields else ""
+                if address.endswith("/32"):
+                    ip("addr", "del", address, "dev", BRIDGE, check=False)
         reserved: set[str] = set()
         for reservation in IPAM_DIR.iterdir():
             try:
@@ -226,54 +286,3 @@ def unregister_runtime_and_remove_bridge() -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             ip("link", "del", BRIDGE, check=False)
             log.info("removed bridge %s", BRIDGE)
-
-
-class TcpForwarder:
-    """Accepts on listen_host:port (an address on the bridge) and relays to 127.0.0.1:port.
-
-    Lets pods reach the loopback-only apiserver at the `kubernetes` Service's ClusterIP.
-    """
-
-    def __init__(self, listen_host: str, port: int, target_port: int) -> None:
-        self._server = socket.create_server((listen_host, port), reuse_port=False)
-        self._target = ("127.0.0.1", target_port)
-        self._stopped = False
-
-    def serve_forever(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def close(self) -> None:
-        self._stopped = True
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
-
-    def _relay(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self._target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-        back.start()
-        _pump(client, upstream)
-        back.join()
-        client.close()
-        upstream.close()
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)

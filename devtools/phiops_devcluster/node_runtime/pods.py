@@ -22,6 +22,7 @@ from phiops_devcluster.node_runtime.network import (
     delete_pod_network,
 )
 from phiops_devcluster.node_runtime.nodes import GPU_RESOURCE, NODES
+from phiops_devcluster.node_runtime.services import HostsFiles, ServiceCatalog
 from phiops_devcluster.node_runtime.volumes import (
     HostVolume,
     VolumeNotReady,
@@ -35,6 +36,13 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 TICK_SECONDS = 0.25
 IDLE_TICK_SECONDS = 5.0
 TERMINAL = ("Succeeded", "Failed")
+# Bound at /etc/resolv.conf: cluster names are in /etc/hosts, and pods have no route to a DNS
+# server (the host does not forward), so other names should fail at once, not time out.
+RESOLV_CONF = (
+    "# phiops local node runtime: Service names are in /etc/hosts; there is no DNS server.\n"
+    "nameserver 127.0.0.1\n"
+    "options timeout:1 attempts:1\n"
+)
 
 
 class GpuAllocator:
@@ -68,6 +76,8 @@ class RuntimeContext:
     stopping: threading.Event
     service_env: dict[str, str]  # KUBERNETES_SERVICE_HOST and friends
     forget: Callable[[str], None]  # called by a worker whose pod is gone
+    services: ServiceCatalog  # the cluster's Services (other service variables)
+    hosts: HostsFiles  # the pods' /etc/hosts files, kept current
     gpus: GpuAllocator = field(default_factory=GpuAllocator)
 
 
@@ -205,11 +215,18 @@ class PodWorker:
             self.network = create_pod_network(self.uid, self.ctx.state_dir)
         self.pod_ip = self.network.ip
         hostname = self.pod["spec"].get("hostname") or self.name
-        (self.dir / "etc-hosts").write_text(
+        head = (
             "# Kubernetes-managed hosts file (phiops local node runtime).\n"
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"{self.pod_ip}\t{hostname}\n"
         )
+        aliases = self.pod["spec"].get("hostAliases") or []
+        if aliases:
+            head += "# Entries added by HostAliases.\n" + "".join(
+                f"{a['ip']}\t{' '.join(a.get('hostnames') or [])}\n" for a in aliases
+            )
+        self.ctx.hosts.add(self.uid, self.dir / "etc-hosts", self.namespace, head)
+        (self.dir / "resolv.conf").write_text(RESOLV_CONF)
         self.start_time = self.start_time or now_rfc3339()
         wanted = sum(
             int((c.get("resources", {}).get("limits") or {}).get(GPU_RESOURCE, 0))
@@ -230,7 +247,13 @@ class PodWorker:
                 "hostIP": "127.0.0.1",
             },
         }
-        env = {**IMAGE_ENV, **self.ctx.service_env, "HOSTNAME": self.name}
+        links = self.pod["spec"].get("enableServiceLinks", True) is not False
+        env = {
+            **IMAGE_ENV,
+            **self.ctx.services.env(self.namespace, links),
+            **self.ctx.service_env,
+            "HOSTNAME": self.name,
+        }
         if self.gpus:
             env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus))
         return Sandbox(
@@ -385,6 +408,7 @@ class PodWorker:
             run.stop(max(0.0, deadline - time.monotonic()))
 
     def _release(self, remove_files: bool) -> None:
+        self.ctx.hosts.remove(self.uid)
         if self.network is not None and self.network.netns is not None:
             delete_pod_network(self.network)
         self.network = None
@@ -392,7 +416,8 @@ class PodWorker:
         if remove_files:
             for sub in ("volumes", "termination", "specs"):
                 shutil.rmtree(self.dir / sub, ignore_errors=True)
-            (self.dir / "etc-hosts").unlink(missing_ok=True)
+            for name in ("etc-hosts", "resolv.conf"):
+                (self.dir / name).unlink(missing_ok=True)
 
     def _delete(self) -> None:
         grace = self._grace() if not self.deleted else min(self._grace(), 2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import threading
@@ -12,7 +13,6 @@ from urllib.parse import urlparse
 from phiops_devcluster.node_runtime import NODE_NAMES
 from phiops_devcluster.node_runtime.kube import Kube, Obj, list_and_watch
 from phiops_devcluster.node_runtime.network import (
-    TcpForwarder,
     cleanup_stale,
     ensure_bridge,
     register_runtime,
@@ -20,29 +20,39 @@ from phiops_devcluster.node_runtime.network import (
 )
 from phiops_devcluster.node_runtime.nodes import Heartbeat, ensure_storage_class, register_nodes
 from phiops_devcluster.node_runtime.pods import PodWorker, RuntimeContext
+from phiops_devcluster.node_runtime.proxy import ServiceProxy
+from phiops_devcluster.node_runtime.services import KUBERNETES, HostsFiles, ServiceCatalog
 from phiops_devcluster.node_runtime.volumes import LocalProvisioner
 
 log = logging.getLogger("node-runtime")
 
 SHUTDOWN_JOIN_SECONDS = 8.0
+DEFAULT_SERVICE_CIDR = "10.0.0.0/24"
+SERVICES_LIST_SECONDS = 15.0
 
 
 class NodeRuntime:
-    def __init__(self, state_dir: Path, kubeconfig: Path) -> None:
+    def __init__(
+        self, state_dir: Path, kubeconfig: Path, service_cidr: str = DEFAULT_SERVICE_CIDR
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self.kube = Kube(kubeconfig)
+        self.service_cidr = str(ipaddress.ip_network(service_cidr))
         self.stopping = threading.Event()
+        self.services = ServiceCatalog(self.kube, self.stopping)
         self.ctx = RuntimeContext(
             kube=self.kube,
             state_dir=self.state_dir,
             stopping=self.stopping,
             service_env={},
             forget=self._forget,
+            services=self.services,
+            hosts=HostsFiles(self.services),
         )
         self._lock = threading.Lock()
         self._workers: dict[str, PodWorker] = {}
         self._finished: set[str] = set()
-        self._forwarder: TcpForwarder | None = None
+        self._proxy: ServiceProxy | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -52,8 +62,9 @@ class NodeRuntime:
         if stop.is_set():
             return
         register_runtime(self.state_dir)
-        self._setup_network()
+        ensure_bridge()
         cleanup_stale(self.state_dir)
+        self._setup_services()
         register_nodes(self.kube)
         ensure_storage_class(self.kube)
         self._clean_pod_dirs()
@@ -80,12 +91,6 @@ class NodeRuntime:
                     },
                 )
             )
-        if self._forwarder is not None:
-            threads.append(
-                threading.Thread(
-                    target=self._forwarder.serve_forever, name="apiserver-forwarder", daemon=True
-                )
-            )
         for thread in threads:
             thread.start()
         log.info("node runtime ready: nodes %s, state %s", ", ".join(NODE_NAMES), self.state_dir)
@@ -103,8 +108,8 @@ class NodeRuntime:
         deadline = time.monotonic() + SHUTDOWN_JOIN_SECONDS
         for worker in workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
-        if self._forwarder is not None:
-            self._forwarder.close()
+        if self._proxy is not None:
+            self._proxy.close()
         cleanup_stale(self.state_dir)  # whatever a worker did not get to
         unregister_runtime_and_remove_bridge()
         log.info("node runtime stopped")
@@ -118,36 +123,50 @@ class NodeRuntime:
                 log.info("waiting for the apiserver: %s", err)
                 stop.wait(1.0)
 
-    def _setup_network(self) -> None:
-        """The bridge, and access for pods to the apiserver at the `kubernetes` Service's
-        ClusterIP (an address on the bridge, forwarded to the loopback apiserver)."""
+    def _setup_services(self) -> None:
+        """Watch Services and Endpoints (listed before any pod starts, so that pods get their
+        names and variables from the start) and run the userspace proxy for their ClusterIPs.
+
+        Pods reach the apiserver as in a cluster: at the `kubernetes` Service's ClusterIP
+        (the first of the service range, in the apiserver certificate), on 443 and on the
+        apiserver's own port (what KUBERNETES_SERVICE_PORT says), relayed to loopback."""
+        for thread in self.services.threads():
+            thread.start()
+        if not self.services.wait_listed(SERVICES_LIST_SECONDS):
+            log.warning("Services/Endpoints not listed yet; pods may miss Service names")
+        cidr = ipaddress.ip_network(self.service_cidr)
+        service_ip = str(cidr[1])
+        kubernetes = self.services.get(*KUBERNETES)
+        if kubernetes is not None and kubernetes.has_cluster_ip:
+            if ipaddress.ip_address(kubernetes.cluster_ip) in cidr:
+                service_ip = kubernetes.cluster_ip
+            else:
+                log.warning(
+                    "the kubernetes Service's ClusterIP %s is outside the service range %s "
+                    "(wipe the cluster after changing it); pods use %s",
+                    kubernetes.cluster_ip,
+                    cidr,
+                    service_ip,
+                )
         server = urlparse(self.kube.server)
-        service = None
-        if server.hostname in ("127.0.0.1", "localhost") and server.port is not None:
-            for _ in range(20):
-                service = self.kube.get_or_none("/api/v1/namespaces/default/services/kubernetes")
-                if service is not None or self.stopping.wait(0.5):
-                    break
-        service_ip = (service or {}).get("spec", {}).get("clusterIP")
-        ensure_bridge([service_ip] if service_ip else [])
-        if not service_ip or server.port is None:
-            log.warning("pods will not reach the apiserver (no local `kubernetes` Service)")
+        port = server.port if server.hostname in ("127.0.0.1", "localhost") else None
+        if port is None:
+            log.warning("pods will not reach the apiserver (it is not on loopback)")
+        self._proxy = ServiceProxy(
+            self.services, self.state_dir, self.service_cidr, service_ip, port
+        )
+        self._proxy.start()
+        if port is None:
             return
-        try:
-            self._forwarder = TcpForwarder(service_ip, server.port, server.port)
-        except OSError as err:
-            log.warning("cannot forward %s:%s to the apiserver: %s", service_ip, server.port, err)
-            return
-        port = str(server.port)
         self.ctx.service_env.update(
             {
                 "KUBERNETES_SERVICE_HOST": service_ip,
-                "KUBERNETES_SERVICE_PORT": port,
-                "KUBERNETES_SERVICE_PORT_HTTPS": port,
+                "KUBERNETES_SERVICE_PORT": str(port),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
                 "KUBERNETES_PORT": f"tcp://{service_ip}:{port}",
                 f"KUBERNETES_PORT_{port}_TCP": f"tcp://{service_ip}:{port}",
                 f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
-                f"KUBERNETES_PORT_{port}_TCP_PORT": port,
+                f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
                 f"KUBERNETES_PORT_{port}_TCP_ADDR": service_ip,
             }
         )
@@ -165,7 +184,8 @@ class NodeRuntime:
             if path.name.rsplit("_", 1)[-1] not in alive:
                 for sub in ("volumes", "termination", "specs"):
                     shutil.rmtree(path / sub, ignore_errors=True)
-                (path / "etc-hosts").unlink(missing_ok=True)
+                for name in ("etc-hosts", "resolv.conf"):
+                    (path / name).unlink(missing_ok=True)
 
     # -- pods -----------------------------------------------------------------------------
 
