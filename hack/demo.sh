@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole flow that exists today, on a real local control plane:
-# cluster up -> CRDs -> operator -> samples -> status -> a rejected bad resource -> tear down.
+# cluster up -> CRDs -> operator -> samples -> a knowledge base embedded into milvus-lite and
+# queried -> status -> bad resources refused -> metrics -> tear down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,12 +43,26 @@ for kind in knowledgebase finetunejob phideployment; do
   kubectl wait --for=condition=Accepted --timeout=60s "$kind" --all
 done
 
+step "the KnowledgeBase builds for real: milvus-lite store pod, then an embedding Job"
+kubectl get deployment,service,pvc -l app.kubernetes.io/instance=handbook
+kubectl wait --for=condition=Ready --timeout=300s knowledgebase/handbook
+kubectl get jobs,pods -l app.kubernetes.io/instance=handbook
+
+step "what retrieval returns for a question (the embedding image's query subcommand)"
+store=$(kubectl get service handbook-store -o jsonpath='{.spec.clusterIP}')
+collection=$(kubectl get knowledgebase handbook -o jsonpath='{.status.collection}')
+"$PY" -m phiops_embed query --uri "http://$store:19530" --collection "$collection" --top-k 2 \
+  "How long do refunds take?" | "$PY" -c 'import json,sys
+for hit in json.load(sys.stdin):
+    print(f"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}")'
+
 step "kubectl get phiops"
 kubectl get phiops -o wide
 
 step "conditions of each sample"
 kubectl get phiops -o custom-columns='KIND:.kind,NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,READY:.status.conditions[?(@.type=="Ready")].reason'
 kubectl get knowledgebase handbook -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}) {.message}{"\n"}{end}'
+kubectl get knowledgebase handbook -o jsonpath='{.status.documents}{"\n"}'
 
 step "what the operator rendered for the workloads"
 kubectl get configmaps -l app.kubernetes.io/managed-by=phiops-operator
@@ -78,4 +93,4 @@ kubectl wait --for=condition=Stalled --timeout=60s knowledgebase two-sources-in-
 kubectl get knowledgebase two-sources-in-one -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}{"\n"}'
 
 step "operator metrics"
-curl -s localhost:18080/metrics | grep '^phiops_reconcile_total'
+curl -s localhost:18080/metrics | grep -E '^phiops_(reconcile_total|knowledge_base_)'

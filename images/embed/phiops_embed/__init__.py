@@ -1,0 +1,1 @@
+"""The phiops-embed image: documents -> chunks -> embeddings -> Milvus, and reading them back."""

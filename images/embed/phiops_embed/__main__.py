@@ -1,17 +1,10 @@
-"""`python -m phiops_embed --config FILE`: the embedding workload of a KnowledgeBase."""
+"""`python -m phiops_embed <subcommand>`: see `phiops_embed.cli`."""
 
 from __future__ import annotations
 
 import sys
 
-from phiops_workload.contracts import WorkloadConfig, WorkloadResult
-from phiops_workload.runtime import WorkloadError, run
-
-
-def main(config: WorkloadConfig) -> WorkloadResult:
-    # The embedding itself lands with the KnowledgeBase feature; until then the image says so.
-    raise WorkloadError("NotImplemented", "the embedding workload is not part of this build yet")
-
+from phiops_embed.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run("phiops_embed", "KnowledgeBase", main, sys.argv[1:]))
+    sys.exit(main())

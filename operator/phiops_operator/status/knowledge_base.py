@@ -98,8 +98,8 @@ def figures_status(sync: SyncObservation) -> dict[str, Any]:
     first = shards[0]
     return {
         "documents": documents,
-        # Each shard counts the whole collection when it ends; the last to end saw it all.
-        "chunks": max(f.chunks for f in shards),
+        # Each shard counts the chunks of its own documents.
+        "chunks": sum(f.chunks for f in shards),
         "collection": first.alias,
         "physicalCollection": first.collection,
         "model": first.model,

@@ -1,0 +1,266 @@
+"""Split text into chunks measured in the embedding model's own tokens.
+
+Every strategy packs token windows over the original text (chunks are slices of it, never
+detokenized text) and cuts at the best boundary inside the window:
+- `fixed`: the last word boundary that fits;
+- `recursive`: paragraph > sentence > line > word boundary, in the second half of the window;
+- `markdown`: sections by heading first (each chunk keeps its heading path), then recursive.
+A final guard re-tokenizes each chunk as the model will read it and shrinks any that would
+exceed the model's limit, so nothing is ever silently truncated by the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from phiops_workload.knowledge import ChunkingConfig
+
+log = logging.getLogger(__name__)
+
+HEADING_SEPARATOR = " > "
+
+
+class Tokenizer(Protocol):
+    """What chunking needs from a tokenizer: token spans and word membership."""
+
+    def spans(self, text: str) -> tuple[list[tuple[int, int]], list[int | None]]:
+        """Character offsets of each token (no special tokens) and its word index."""
+        ...
+
+    def count(self, text: str) -> int:
+        """Tokens the model reads for `text`, without special tokens."""
+        ...
+
+
+class HFTokenizer:
+    """A Hugging Face fast tokenizer (the embedding model's)."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self._tok = tokenizer
+
+    def spans(self, text: str) -> tuple[list[tuple[int, int]], list[int | None]]:
+        enc = self._tok(  # type: ignore[operator]
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return offsets, list(enc.word_ids())
+
+    def count(self, text: str) -> int:
+        enc = self._tok(text, add_special_tokens=False, verbose=False)  # type: ignore[operator]
+        return len(enc["input_ids"])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    """The slice of the document (what is stored and shown)."""
+    heading: str
+    """Heading path, e.g. "Returns > Refunds" ("" outside any heading)."""
+    tokens: int
+    """Tokens of `embed_text`, without the model's special tokens."""
+
+    @property
+    def embed_text(self) -> str:
+        """What the model reads: the heading path gives the chunk its context."""
+        return f"{self.heading}\n{self.text}" if self.heading else self.text
+
+
+@dataclass(frozen=True)
+class Section:
+    heading: str
+    text: str
+
+
+# Boundary strengths: where a cut before a token is allowed and how good it is.
+_INSIDE_WORD = -1  # inside one word of the tokenizer: re-tokenizing would differ
+_WORD = 0  # between two words without whitespace ("policy" "," or "x" "/" "y")
+_SPACE = 1
+_LINE = 2
+_SENTENCE = 3
+_PARAGRAPH = 4
+
+_HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
+_FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+class Chunker:
+    def __init__(self, config: ChunkingConfig, tokenizer: Tokenizer, max_tokens: int) -> None:
+        """`max_tokens`: what the model reads at most, without its special tokens."""
+        if max_tokens < 8:
+            raise ValueError(f"max_tokens {max_tokens} is too small to chunk for")
+        self.strategy = config.strategy
+        self.size = max(8, min(config.size, max_tokens))
+        if config.size > max_tokens:
+            log.warning(
+                "chunk size %d is over the model's %d tokens: using %d",
+                config.size,
+                max_tokens,
+                self.size,
+            )
+        # An overlap of half a chunk or more would make more chunks than text.
+        self.overlap = max(0, min(config.overlap, self.size // 2))
+        self.max_tokens = max_tokens
+        self.tokenizer = tokenizer
+
+    def chunk(self, text: str, structured: bool = True) -> list[Chunk]:
+        if self.strategy == "markdown" and structured:
+            sections = split_sections(text)
+        else:
+            sections = [Section("", text)]
+        chunks: list[Chunk] = []
+        for section in sections:
+            chunks.extend(self._chunk_section(section))
+        return chunks
+
+    def _chunk_section(self, section: Section) -> list[Chunk]:
+        heading = self._fit_heading(section.heading)
+        heading_tokens = self.tokenizer.count(heading) if heading else 0
+        budget = self.size - heading_tokens
+        body = section.text
+        offsets, words = self.tokenizer.spans(body)
+        if not offsets:
+            return []
+        strengths = _boundaries(body, offsets, words)
+        chunks: list[Chunk] = []
+        start = 0
+        n = len(offsets)
+        while start < n:
+            end = n if n - start <= budget else self._cut(strengths, start, start + budget)
+            chunk = self._guarded(body, heading, offsets, strengths, start, end)
+            chunks.append(chunk[0])
+            end = chunk[1]
+            if end >= n:
+                break
+            start = self._next_start(strengths, start, end)
+        return chunks
+
+    def _fit_heading(self, heading: str) -> str:
+        """Keep the heading path to at most a quarter of a chunk: the body matters more."""
+        limit = self.size // 4
+        parts = heading.split(HEADING_SEPARATOR) if heading else []
+        while len(parts) > 1 and self.tokenizer.count(HEADING_SEPARATOR.join(parts)) > limit:
+            parts = parts[1:]
+        heading = HEADING_SEPARATOR.join(parts)
+        if heading and self.tokenizer.count(heading) > limit:
+            offsets, _ = self.tokenizer.spans(heading)
+            heading = heading[: offsets[limit - 1][1]] if limit > 0 else ""
+        return heading
+
+    def _cut(self, strengths: Sequence[int], start: int, limit: int) -> int:
+        """Where to end a chunk starting at `start` that may not go past token `limit`."""
+        window = range(limit, start, -1)  # cut before token i: the chunk is [start, i)
+        if self.strategy == "fixed":
+            for minimum in (_SPACE, _WORD):
+                for i in window:
+                    if strengths[i] >= minimum:
+                        return i
+            return limit
+        # recursive/markdown: the strongest boundary in the second half of the window, the
+        # latest among equals; small first pieces are not worth a chunk of their own.
+        low = start + max(1, (limit - start) // 2)
+        best, best_strength = limit, _INSIDE_WORD
+        for i in window:
+            if i < low and best_strength >= _SPACE:
+                break
+            if strengths[i] > best_strength:
+                best, best_strength = i, strengths[i]
+                if best_strength == _PARAGRAPH:
+                    break
+        return best
+
+    def _next_start(self, strengths: Sequence[int], start: int, end: int) -> int:
+        """The earliest word start at most `overlap` tokens before `end` (progress assured)."""
+        if self.overlap == 0:
+            return end
+        for minimum in (_SPACE, _WORD):
+            for i in range(max(start + 1, end - self.overlap), end):
+                if strengths[i] >= minimum:
+                    return i
+        return end
+
+    def _guarded(
+        self,
+        body: str,
+        heading: str,
+        offsets: Sequence[tuple[int, int]],
+        strengths: Sequence[int],
+        start: int,
+        end: int,
+    ) -> tuple[Chunk, int]:
+        """The chunk [start, end), shrunk until the model reads all of it."""
+        while True:
+            text = body[offsets[start][0] : offsets[end - 1][1]]
+            chunk = Chunk(text=text, heading=heading, tokens=0)
+            tokens = self.tokenizer.count(chunk.embed_text)
+            if tokens <= self.max_tokens or end - start <= 1:
+                return Chunk(text=text, heading=heading, tokens=tokens), end
+            # Re-tokenizing a slice can differ from the slice of the whole: step back a word.
+            cut = end - 1
+            while cut > start + 1 and strengths[cut] < _WORD:
+                cut -= 1
+            end = cut
+
+
+def _boundaries(
+    text: str, offsets: Sequence[tuple[int, int]], words: Sequence[int | None]
+) -> list[int]:
+    """strengths[i]: how good a cut before token i is (index 0 and n are the ends)."""
+    n = len(offsets)
+    strengths = [_INSIDE_WORD] * (n + 1)
+    strengths[0] = strengths[n] = _PARAGRAPH
+    for i in range(1, n):
+        gap = text[offsets[i - 1][1] : offsets[i][0]]
+        if not gap:
+            same_word = words[i] is not None and words[i] == words[i - 1]
+            strengths[i] = _INSIDE_WORD if same_word else _WORD
+        elif gap.count("\n") >= 2:
+            strengths[i] = _PARAGRAPH
+        elif text[offsets[i - 1][1] - 1] in ".!?;:" and not gap.strip():
+            strengths[i] = _SENTENCE
+        elif "\n" in gap:
+            strengths[i] = _LINE
+        else:
+            strengths[i] = _SPACE
+    return strengths
+
+
+def split_sections(text: str) -> list[Section]:
+    """Markdown sections with their heading paths; `#` lines inside code fences are code."""
+    sections: list[Section] = []
+    stack: list[tuple[int, str]] = []
+    body: list[str] = []
+    fence: str | None = None
+
+    def flush() -> None:
+        content = "\n".join(body).strip()
+        if content:
+            path = HEADING_SEPARATOR.join(title for _, title in stack)
+            sections.append(Section(path, content))
+        body.clear()
+
+    for line in text.split("\n"):
+        fence_match = _FENCE_RE.match(line)
+        if fence is not None:
+            if fence_match and fence_match.group(1)[0] == fence[0]:
+                fence = None
+            body.append(line)
+            continue
+        if fence_match:
+            fence = fence_match.group(1)
+            body.append(line)
+            continue
+        heading = _HEADING_RE.match(line)
+        if heading and heading.group(2):
+            flush()
+            level = len(heading.group(1))
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, heading.group(2)))
+            continue
+        body.append(line)
+    flush()
+    return sections

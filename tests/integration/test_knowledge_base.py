@@ -1,0 +1,370 @@
+"""KnowledgeBase end to end: the operator in-process, the embedded store and the embedding
+Jobs running for real through the node runtime, real milvus-lite and the real MiniLM model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster
+from tests.unit.embed.pdfgen import make_pdf
+
+pytestmark = pytest.mark.cluster
+NS = "kb-tests"
+SYNC_TIMEOUT = 240
+
+DOCS = {
+    "returns.md": (
+        "# Returns policy\n\nCustomers may return unused products within 30 days of delivery "
+        "for a full refund. Refunds reach the original payment method within 5 business days.\n"
+    ),
+    "warranty.md": (
+        "# Warranty\n\nEvery device carries a two-year warranty covering manufacturing defects. "
+        "Water damage and cracked screens are not covered.\n"
+    ),
+    "shipping.html": (
+        "<html><body><h1>Shipping</h1><p>Orders ship from our Rotterdam warehouse. Express "
+        "delivery to Amsterdam arrives the next morning.</p></body></html>"
+    ),
+}
+PDF_TEXT = "Battery care. Charge the scooter battery to 80 percent before winter storage."
+
+
+def eventually(check: Callable[[], Any], timeout: float = SYNC_TIMEOUT, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+
+
+def apply(cluster: Cluster, manifest: dict[str, Any]) -> None:
+    manifest.setdefault("metadata", {}).setdefault("namespace", NS)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def get(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
+    out = cluster.kubectl("get", "-n", NS, kind, name, "-o", "json", check=False)
+    return json.loads(out) if out.lstrip().startswith("{") else None
+
+
+def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    for c in (obj or {}).get("status", {}).get("conditions", []):
+        if c["type"] == "Ready":
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def wait_synced(cluster: Cluster, name: str, after: str | None = None) -> dict[str, Any]:
+    """Wait for Ready=True from a sync other than `after`."""
+
+    def synced() -> dict[str, Any] | None:
+        kb = get(cluster, "kb", name)
+        cond = ready(kb)
+        if kb and cond and cond["status"] == "True" and kb["status"].get("syncId") != after:
+            return kb
+        return None
+
+    return eventually(synced, what=f"KnowledgeBase {name} to sync (after {after})")  # type: ignore[no-any-return]
+
+
+def knowledge_base(name: str, sources: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "phiops.dev/v1alpha1",
+        "kind": "KnowledgeBase",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"sources": sources, "chunking": {"size": 64, "overlap": 8}, **spec},
+    }
+
+
+def store_address(cluster: Cluster, kb: str) -> str:
+    service = get(cluster, "service", f"{kb}-store")
+    assert service is not None
+    return f"http://{service['spec']['clusterIP']}:19530"
+
+
+def query(cluster: Cluster, kb: str, question: str, top_k: int = 3) -> list[dict[str, Any]]:
+    """What retrieval returns, through the embedding image's own `query` subcommand."""
+    obj = get(cluster, "kb", kb)
+    assert obj is not None
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phiops_embed",
+            "query",
+            "--uri",
+            store_address(cluster, kb),
+            "--collection",
+            obj["status"]["collection"],
+            "--top-k",
+            str(top_k),
+            question,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def docs(operator: int, crds: Cluster) -> Cluster:
+    """A namespace with Markdown/HTML documents in a ConfigMap and a PDF on a PVC."""
+    crds.kubectl("create", "namespace", NS)
+    apply(
+        crds, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "docs"}, "data": DOCS}
+    )
+    pdf = base64.b64encode(make_pdf([[PDF_TEXT]])).decode()
+    apply(
+        crds,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "pdf-upload"},
+            "binaryData": {"battery.pdf": pdf},
+        },
+    )
+    apply(
+        crds,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "manuals"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "10Mi"}},
+            },
+        },
+    )
+    # Put the PDF on the claim the way a user would: a pod copies it there.
+    apply(
+        crds,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "upload-manuals"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "copy",
+                        "image": "phiops-embed:test",
+                        "command": [
+                            "python",
+                            "-c",
+                            "import shutil; shutil.copy('/in/battery.pdf', '/out/')",
+                        ],
+                        "volumeMounts": [
+                            {"name": "in", "mountPath": "/in"},
+                            {"name": "out", "mountPath": "/out"},
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": "in", "configMap": {"name": "pdf-upload"}},
+                    {"name": "out", "persistentVolumeClaim": {"claimName": "manuals"}},
+                ],
+            },
+        },
+    )
+    eventually(
+        lambda: (
+            (get(crds, "pod", "upload-manuals") or {}).get("status", {}).get("phase") == "Succeeded"
+        ),
+        timeout=60,
+        what="the PDF upload pod",
+    )
+    return crds
+
+
+SOURCES = [
+    {"name": "handbook", "configMap": {"name": "docs"}},
+    {"name": "manuals", "persistentVolumeClaim": {"claimName": "manuals"}},
+]
+
+
+def test_builds_from_configmap_and_pvc_and_retrieves_the_right_document(docs: Cluster) -> None:
+    apply(docs, knowledge_base("handbook", SOURCES))
+    kb = wait_synced(docs, "handbook")
+    status = kb["status"]
+    assert status["documents"]["total"] == 4
+    assert status["documents"]["added"] == 4
+    assert status["documents"]["failed"] == 0
+    assert status["chunks"] >= 4
+    assert status["dimension"] == 384
+    assert status["collection"] == "kb_kb_tests_handbook"
+    assert status["physicalCollection"].startswith("kb_kb_tests_handbook__")
+    assert status["observedGeneration"] == kb["metadata"]["generation"]
+
+    hits = query(docs, "handbook", "How many days do I have to return a product for a refund?")
+    assert hits[0]["doc_id"] == "handbook/returns.md"
+    assert (
+        query(docs, "handbook", "Where do orders ship from?")[0]["doc_id"]
+        == "handbook/shipping.html"
+    )
+    battery = query(docs, "handbook", "How should I store the scooter battery in winter?")
+    assert battery[0]["doc_id"] == "manuals/battery.pdf"
+    printed = docs.kubectl("get", "-n", NS, "kb", "handbook")
+    assert "True" in printed and " 4 " in printed  # Ready and documents in the printer columns
+
+
+def test_edits_and_deletions_propagate(docs: Cluster) -> None:
+    before = wait_synced(docs, "handbook")
+    changed = dict(DOCS)
+    changed["warranty.md"] = "# Warranty\n\nEvery device now carries a three-year warranty.\n"
+    del changed["shipping.html"]
+    apply(
+        docs,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "docs"}, "data": changed},
+    )
+    # An edited source ConfigMap is a new sync by itself.
+    after = wait_synced(docs, "handbook", after=before["status"]["syncId"])
+    counts = after["status"]["documents"]
+    assert (counts["total"], counts["updated"], counts["deleted"], counts["unchanged"]) == (
+        3,
+        1,
+        1,
+        2,
+    )
+    for hit in query(docs, "handbook", "Where do orders ship from? Rotterdam warehouse", top_k=10):
+        assert hit["doc_id"] != "handbook/shipping.html"
+    assert "three-year" in query(docs, "handbook", "How long is the warranty?")[0]["text"]
+
+
+def test_missing_source_reports_source_not_found_then_recovers(docs: Cluster) -> None:
+    apply(docs, knowledge_base("late", [{"name": "later", "configMap": {"name": "not-yet"}}]))
+    cond = eventually(
+        lambda: (c := ready(get(docs, "kb", "late"))) and c["reason"] == "SourceNotFound" and c,
+        timeout=60,
+        what="SourceNotFound",
+    )
+    assert "ConfigMap not-yet" in cond["message"]
+    apply(
+        docs,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "not-yet"},
+            "data": {"a.md": "# Late\n\nThis document arrived late."},
+        },
+    )
+    assert wait_synced(docs, "late")["status"]["documents"]["total"] == 1
+
+
+def test_settings_change_switches_collections_without_a_failed_query(docs: Cluster) -> None:
+    before = wait_synced(docs, "handbook")
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def keep_querying() -> None:
+        nonlocal answered
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=store_address(docs, "handbook"))
+        while not stop.is_set():
+            try:
+                client.query(before["status"]["collection"], filter="chunk_index >= 0", limit=1)
+                answered += 1
+            except Exception as err:  # every failure is a finding
+                failures.append(repr(err))
+            time.sleep(0.2)
+
+    reader = threading.Thread(target=keep_querying)
+    reader.start()
+    try:
+        docs.kubectl(
+            "patch",
+            "-n",
+            NS,
+            "kb",
+            "handbook",
+            "--type=merge",
+            "-p",
+            '{"spec": {"chunking": {"size": 48, "overlap": 4}}}',
+        )
+        after = wait_synced(docs, "handbook", after=before["status"]["syncId"])
+    finally:
+        stop.set()
+        reader.join()
+    assert failures == []
+    assert answered > 5
+    assert after["status"]["collection"] == before["status"]["collection"]
+    assert after["status"]["physicalCollection"] != before["status"]["physicalCollection"]
+    assert after["status"]["documents"]["added"] == after["status"]["documents"]["total"]
+
+
+def test_killed_embedding_pod_rerun_leaves_the_same_rows(docs: Cluster) -> None:
+    corpus = {
+        f"note-{i:03}.md": f"# Note {i}\n\n" + f"Fact number {i} about widgets. " * 30
+        for i in range(40)
+    }
+    apply(
+        docs,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "corpus"}, "data": corpus},
+    )
+    apply(docs, knowledge_base("clean", [{"name": "c", "configMap": {"name": "corpus"}}]))
+    apply(docs, knowledge_base("killed", [{"name": "c", "configMap": {"name": "corpus"}}]))
+
+    # Kill the first embedding pod of "killed" once it has started writing.
+    def running_pod() -> str | None:
+        out = docs.kubectl(
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/instance=killed,app.kubernetes.io/component=sync",
+            "-o",
+            "json",
+        )
+        for pod in json.loads(out)["items"]:
+            if pod["status"].get("phase") == "Running":
+                return str(pod["metadata"]["name"])
+        return None
+
+    victim = eventually(running_pod, what="the embedding pod to run")
+    time.sleep(8)  # model loaded and some batches written
+    docs.kubectl("delete", "pod", "-n", NS, victim, "--grace-period=0", "--force")
+    clean = wait_synced(docs, "clean")
+    killed = wait_synced(docs, "killed")
+    assert killed["status"]["documents"]["total"] == clean["status"]["documents"]["total"] == 40
+    assert killed["status"]["chunks"] == clean["status"]["chunks"]
+
+
+def test_reclaim_policy_decides_what_deleting_keeps(docs: Cluster) -> None:
+    apply(docs, knowledge_base("keep", [{"name": "h", "configMap": {"name": "docs"}}]))
+    apply(
+        docs,
+        knowledge_base(
+            "drop", [{"name": "h", "configMap": {"name": "docs"}}], reclaimPolicy="Delete"
+        ),
+    )
+    wait_synced(docs, "keep")
+    wait_synced(docs, "drop")
+    docs.kubectl("delete", "kb", "-n", NS, "keep", "drop", "--wait=true", "--timeout=60s")
+    eventually(
+        lambda: get(docs, "pvc", "drop-store") is None,
+        timeout=90,
+        what="the Delete store volume to go",
+    )
+    assert get(docs, "pvc", "keep-store") is not None
+    eventually(
+        lambda: get(docs, "deployment", "keep-store") is None,
+        timeout=60,
+        what="the store Deployment to be collected",
+    )
