@@ -368,3 +368,121 @@ def test_reclaim_policy_decides_what_deleting_keeps(docs: Cluster) -> None:
         timeout=60,
         what="the store Deployment to be collected",
     )
+
+
+@pytest.fixture(scope="module")
+def external_milvus(docs: Cluster) -> Any:
+    """A Milvus the operator did not create: a milvus-lite server on the pods' gateway
+    address (10.244.0.1), reachable from pods and from the operator alike."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    data = docs.state_dir.parent / "external-milvus"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phiops_embed",
+            "serve-store",
+            "--data-dir",
+            str(data),
+            "--host",
+            GATEWAY,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://{GATEWAY}:{port}"
+
+    def answers() -> bool:
+        from pymilvus import MilvusClient
+
+        try:
+            MilvusClient(uri=uri, timeout=2).list_collections()
+        except Exception:
+            return False
+        return True
+
+    eventually(answers, timeout=60, what="the external milvus-lite server")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+GATEWAY = "10.244.0.1"
+
+
+def test_unreachable_milvus_is_a_condition_not_a_crash(docs: Cluster) -> None:
+    from tests.conftest import free_port
+
+    uri = f"http://{GATEWAY}:{free_port()}"  # nothing listens there
+    apply(
+        docs,
+        knowledge_base(
+            "nowhere",
+            [{"name": "h", "configMap": {"name": "docs"}}],
+            vectorStore={"milvus": {"uri": uri}},
+        ),
+    )
+    cond = eventually(
+        lambda: (
+            (c := ready(get(docs, "kb", "nowhere")))
+            and c["reason"] == "VectorStoreUnavailable"
+            and c
+        ),
+        timeout=60,
+        what="VectorStoreUnavailable",
+    )
+    assert uri in cond["message"]
+    jobs = docs.kubectl(
+        "get", "jobs", "-n", NS, "-l", "app.kubernetes.io/instance=nowhere", "-o", "name"
+    )
+    assert jobs.strip() == ""  # no Job is spent on a store that cannot be reached
+    docs.kubectl("delete", "kb", "-n", NS, "nowhere", "--wait=true", "--timeout=60s")
+
+
+def test_external_milvus_sync_on_request_and_delete_drops_only_ours(
+    docs: Cluster, external_milvus: str
+) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=external_milvus)
+    client.create_collection("not_ours", dimension=4)  # must survive the clean-up
+    apply(
+        docs,
+        knowledge_base(
+            "ext",
+            [{"name": "h", "configMap": {"name": "docs"}}],
+            vectorStore={"milvus": {"uri": external_milvus, "collection": "ext_kb"}},
+            reclaimPolicy="Delete",
+        ),
+    )
+    first = wait_synced(docs, "ext")
+    assert first["status"]["storeUri"] == external_milvus
+    assert get(docs, "deployment", "ext-store") is None  # no embedded store for an external one
+    assert (
+        client.describe_alias("ext_kb")["collection_name"] == first["status"]["physicalCollection"]
+    )
+
+    docs.kubectl("annotate", "kb", "-n", NS, "ext", "phiops.dev/sync-requested=1", "--overwrite")
+    again = wait_synced(docs, "ext", after=first["status"]["syncId"])
+    documents = again["status"]["documents"]
+    assert documents["unchanged"] == documents["total"] == first["status"]["documents"]["total"]
+
+    docs.kubectl("delete", "kb", "-n", NS, "ext", "--wait=true", "--timeout=120s")
+    remaining = set(client.list_collections())
+    assert "not_ours" in remaining
+    assert not any(name.startswith("ext_kb") for name in remaining)
+
+
+def test_knowledge_base_metrics(docs: Cluster, operator: int) -> None:
+    import urllib.request
+
+    total = wait_synced(docs, "handbook")["status"]["documents"]["total"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    ours = [line for line in text.splitlines() if line.startswith("phiops_knowledge_base")]
+    assert f'phiops_knowledge_base_documents{{name="handbook",namespace="{NS}"}} {total}.0' in ours
+    assert "phiops_knowledge_base_last_successful_sync_timestamp_seconds{" in text
