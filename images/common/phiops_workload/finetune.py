@@ -1,0 +1,215 @@
+"""The FineTuneJob contracts: the trainer's config, its pre-flight and training results, the
+progress it publishes while training, and the GPU-memory estimate both sides compute.
+
+Defined once here; the operator renders `TrainJobConfig` and never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from phiops_workload.contracts import ResourceIdentity
+
+# Exit codes the operator tells apart (see runtime.py for the shared ones).
+EXIT_INVALID_DATASET = 4
+
+REASON_INVALID_DATASET = "InvalidDataset"
+REASON_GPU_OOM = "GPUOutOfMemory"
+REASON_TRAINING_FAILED = "TrainingFailed"
+REASON_PREFLIGHT_PASSED = "PreflightPassed"
+REASON_TRAINED = "Trained"
+
+PROGRESS_KEY = "progress.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Model):
+    path: str
+    """Local path of the JSONL file (a mounted ConfigMap key or PVC file) or an http(s) URL."""
+    format: Literal["messages", "promptCompletion", "instruction"] = "messages"
+    validation_split: float = 0.0
+    max_seq_length: int = 1024
+
+
+class LoraSpec(_Model):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    )
+
+
+class QuantizationSpec(_Model):
+    type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class TrainingSpec(_Model):
+    epochs: float = 1.0
+    max_steps: int | None = None
+    learning_rate: float = 2e-4
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    gradient_checkpointing: bool = True
+    packing: bool = False
+    seed: int = 42
+    eval_steps: int | None = None
+    save_steps: int = 50
+    logging_steps: int = 10
+
+
+class ModelSpec(_Model):
+    name: str
+    """Hub name, or the display name of a model loaded from `path`."""
+    path: str | None = None
+    """Local folder of the model (a mounted PVC); the hub is used when empty."""
+    revision: str | None = None
+    token_file: str | None = None
+
+
+class ProgressTarget(_Model):
+    """Where the trainer publishes progress: one ConfigMap it alone may update (its
+    ServiceAccount's Role names just that object), read by the operator into status."""
+
+    namespace: str
+    config_map: str
+
+
+class TrainJobConfig(_Model):
+    resource: ResourceIdentity
+    base_model: ModelSpec
+    dataset: DatasetSpec
+    method: Literal["qlora", "lora"] = "qlora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    output_dir: str
+    """Folder on the output volume: the adapter, provenance and checkpoints/ go here."""
+    progress: ProgressTarget | None = None
+    phiops_version: str = "0.1.0"
+
+
+class DatasetReport(_Model):
+    records: int
+    invalid: int
+    sha256: str
+    problems: list[str] = Field(default_factory=list)
+    """The first problems, each `line N: what is wrong` (at most 20)."""
+    longest_tokens: int = 0
+
+
+class PreflightFigures(_Model):
+    """`WorkloadResult.figures` of the pre-flight step."""
+
+    dataset: DatasetReport
+    total_steps: int
+
+
+class Progress(_Model):
+    """What the trainer publishes while it trains (and the operator copies into status)."""
+
+    step: int
+    total_steps: int
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    resumed_from_step: int | None = None
+    updated: str | None = None
+
+
+class AdapterFigures(_Model):
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+class TrainFigures(_Model):
+    """`WorkloadResult.figures` of a finished training run."""
+
+    adapter: AdapterFigures
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    steps: int
+    resumed_from_step: int | None = None
+    duration_seconds: float
+
+
+# -- GPU memory estimate -----------------------------------------------------------------------
+
+# Phi-3 family shapes the estimate knows; other models fall back to the mini's.
+PHI3_SHAPES: dict[str, dict[str, int]] = {
+    "microsoft/Phi-3-mini-4k-instruct": {
+        "params": 3_821_079_552,
+        "layers": 32,
+        "hidden": 3072,
+        "intermediate": 8192,
+    },
+    "microsoft/Phi-3-mini-128k-instruct": {
+        "params": 3_821_079_552,
+        "layers": 32,
+        "hidden": 3072,
+        "intermediate": 8192,
+    },
+    "microsoft/Phi-3-small-8k-instruct": {
+        "params": 7_392_272_384,
+        "layers": 32,
+        "hidden": 4096,
+        "intermediate": 14336,
+    },
+    "microsoft/Phi-3-medium-4k-instruct": {
+        "params": 13_960_238_080,
+        "layers": 40,
+        "hidden": 5120,
+        "intermediate": 17920,
+    },
+}
+GIB = 1024**3
+
+
+def estimate_gpu_memory_bytes(
+    model: str,
+    method: Literal["qlora", "lora"],
+    batch_size: int,
+    seq_length: int,
+    lora_r: int,
+    gradient_checkpointing: bool,
+    shape: dict[str, int] | None = None,
+) -> int:
+    """Peak GPU memory of one training step, per device: a planning figure, not a promise.
+
+    weights (4.5 bits/param with NF4 + double quantization, 16 bits for LoRA's bf16 base)
+    + adapter weights, gradients and AdamW state (fp32) + activations (bf16; with
+    gradient checkpointing only each layer's input is kept, plus one layer's working set)
+    + the CUDA context and allocator slack.
+    """
+    s = shape or PHI3_SHAPES.get(model, PHI3_SHAPES["microsoft/Phi-3-mini-4k-instruct"])
+    params, layers, hidden, inter = s["params"], s["layers"], s["hidden"], s["intermediate"]
+    bits = 4.5 if method == "qlora" else 16
+    weights = params * bits / 8
+    # LoRA on qkv, o, gate_up, down: r * (in + out) per matrix.
+    per_layer = lora_r * (
+        (hidden + 3 * hidden) + 2 * hidden + (hidden + 2 * inter) + (inter + hidden)
+    )
+    adapter = layers * per_layer * (4 + 4 + 8)  # fp32 weights + grads + two Adam moments
+    tokens = batch_size * seq_length
+    layer_working_set = tokens * (4 * hidden + 2 * inter) * 2  # bf16 activations of one layer
+    kept = tokens * hidden * 2 * layers if gradient_checkpointing else layer_working_set * layers
+    logits = tokens * 32064 * 4  # fp32 logits for the loss (Phi-3's vocabulary)
+    overhead = 1.0 * GIB
+    return math.ceil(weights + adapter + kept + layer_working_set + logits + overhead)
+
+
+def format_gib(value: int) -> str:
+    return f"{value / GIB:.1f}Gi"
