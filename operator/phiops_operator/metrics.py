@@ -78,3 +78,35 @@ def forget_knowledge_base(namespace: str, name: str) -> None:
     for gauge in (KB_DOCUMENTS, KB_CHUNKS, KB_LAST_SYNC, KB_SYNC_DURATION):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+
+
+FTJ_PHASES = ("Pending", "Validating", "Running", "Succeeded", "Failed")
+FTJ_PHASE = Gauge(
+    "phiops_fine_tune_job_phase",
+    "1 for the phase a fine-tune job is in, 0 for the others.",
+    ["namespace", "name", "phase"],
+)
+FTJ_DURATION = Gauge(
+    "phiops_fine_tune_job_duration_seconds",
+    "Training time of a fine-tune job: so far while it runs, in total once it ended.",
+    ["namespace", "name"],
+)
+FTJ_FINAL_LOSS = Gauge(
+    "phiops_fine_tune_job_final_loss",
+    "Training loss of a finished fine-tune job.",
+    ["namespace", "name"],
+)
+FTJ_RESTARTS = Gauge(
+    "phiops_fine_tune_job_restarts",
+    "Training pods of a fine-tune job that ended before it finished, by reason.",
+    ["namespace", "name", "reason"],
+)
+
+
+def forget_fine_tune_job(namespace: str, name: str) -> None:
+    for phase in FTJ_PHASES:
+        with contextlib.suppress(KeyError):
+            FTJ_PHASE.remove(namespace, name, phase)
+    for gauge in (FTJ_DURATION, FTJ_FINAL_LOSS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

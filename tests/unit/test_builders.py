@@ -1,13 +1,13 @@
 import json
 from typing import Any
 
-from phiops_operator.builders import fine_tune_job, phi_deployment
+from phiops_operator.builders import phi_deployment
 from phiops_operator.config import OperatorConfig
-from phiops_operator.models.fine_tune_job import FineTuneJobSpec
+from phiops_operator.models.phi_deployment import PhiDeploymentSpec
 
 PARENT: dict[str, Any] = {
     "apiVersion": "phiops.dev/v1alpha1",
-    "kind": "FineTuneJob",
+    "kind": "PhiDeployment",
     "metadata": {
         "name": "handbook",
         "namespace": "team-a",
@@ -19,19 +19,21 @@ PARENT: dict[str, Any] = {
 
 
 def build_job() -> list[dict[str, Any]]:
-    spec = FineTuneJobSpec.model_validate({"dataset": {"url": "https://e/d.jsonl"}})
-    return fine_tune_job.build(PARENT, spec, OperatorConfig())
+    spec = PhiDeploymentSpec.model_validate(
+        {"adapters": [{"name": "a", "pvc": {"claimName": "c"}}]}
+    )
+    return phi_deployment.build(PARENT, spec, OperatorConfig())
 
 
 def test_config_map_has_fixed_name_owner_and_recommended_labels() -> None:
     (child,) = build_job()
     meta = child["metadata"]
-    assert meta["name"] == "handbook-train-config"
+    assert meta["name"] == "handbook-serve-config"
     assert meta["namespace"] == "team-a"
     assert meta["ownerReferences"] == [
         {
             "apiVersion": "phiops.dev/v1alpha1",
-            "kind": "FineTuneJob",
+            "kind": "PhiDeployment",
             "name": "handbook",
             "uid": "1234",
             "controller": True,
@@ -53,16 +55,8 @@ def test_rendering_is_deterministic_and_carries_resolved_defaults() -> None:
     assert first == second
     config = json.loads(first[0]["data"]["config.json"])
     assert config["resource"]["generation"] == 2
-    assert config["spec"]["lora"]["targetModules"] == [
-        "qkv_proj",
-        "o_proj",
-        "gate_up_proj",
-        "down_proj",
-    ]
+    assert config["spec"]["server"]["maxNewTokens"] == 512
 
 
-def test_every_kind_uses_its_own_component_name() -> None:
-    assert {fine_tune_job.CONFIG_COMPONENT, phi_deployment.CONFIG_COMPONENT} == {
-        "train-config",
-        "serve-config",
-    }
+def test_server_config_component_name() -> None:
+    assert phi_deployment.CONFIG_COMPONENT == "serve-config"

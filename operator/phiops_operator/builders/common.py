@@ -108,3 +108,26 @@ def secret_volume(name: str, secret: str, key: str, file_name: str) -> dict[str,
         "name": name,
         "secret": {"secretName": secret, "items": [{"key": key, "path": file_name}]},
     }
+
+
+def claim(
+    parent: Mapping[str, Any],
+    component: str,
+    size: str,
+    storage_class: str | None,
+    reclaim_policy: str,
+) -> dict[str, Any]:
+    """A volume claim the operator creates for a resource. Owned (so garbage-collected with
+    it) only under reclaimPolicy Delete: by default the data outlives the resource."""
+    meta = child_metadata(parent, component)
+    if reclaim_policy != "Delete":
+        meta.pop("ownerReferences")
+    manifest: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": meta,
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+    if storage_class:
+        manifest["spec"]["storageClassName"] = storage_class
+    return manifest

@@ -1,19 +1,312 @@
-"""Children of a FineTuneJob."""
+"""Children of a FineTuneJob: the output claim, the trainer's config, a progress ConfigMap
+with the one Role allowed to update it, the CPU pre-flight Job and the GPU training Job
+attempts. PURE: no API calls."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from phiops_operator.builders.common import workload_config
+from phiops_workload.contracts import ResourceIdentity
+from phiops_workload.finetune import (
+    PROGRESS_KEY,
+    DatasetSpec,
+    LoraSpec,
+    ModelSpec,
+    ProgressTarget,
+    QuantizationSpec,
+    TrainingSpec,
+    TrainJobConfig,
+)
+
+from phiops_operator import __version__
+from phiops_operator.builders.common import (
+    child_metadata,
+    child_name,
+    claim,
+    config_map,
+    container_resources,
+    labels,
+    placement,
+    secret_volume,
+)
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 
 CONFIG_COMPONENT = "train-config"
+OUTPUT_COMPONENT = "output"
+PROGRESS_COMPONENT = "progress"
+TRAINER_COMPONENT = "trainer"
+PREFLIGHT_COMPONENT = "preflight"
+TRAIN_COMPONENT = "train"
+ATTEMPT_LABEL = "phiops.dev/attempt"
+SPEC_HASH_ANNOTATION = "phiops.dev/spec-hash"
+
+CONFIG_DIR = "/etc/phiops"
+DATASET_DIR = "/phiops/dataset"
+MODEL_DIR = "/phiops/model"
+OUTPUT_DIR = "/phiops/output"
+SECRETS_DIR = "/phiops/secrets"
 
 
-def build(
+def spec_hash(spec: FineTuneJobSpec) -> str:
+    """What training started with: a later spec change is reported, never half-applied."""
+    return hashlib.sha256(json.dumps(spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def output_location(parent_name: str, spec: FineTuneJobSpec) -> tuple[str, str]:
+    """(claim, folder inside it) where the adapter goes."""
+    if spec.output.pvc is not None:
+        return spec.output.pvc.claim_name, spec.output.pvc.path
+    return child_name(parent_name, OUTPUT_COMPONENT), "."
+
+
+def train_config(parent: Mapping[str, Any], spec: FineTuneJobSpec) -> TrainJobConfig:
+    meta = parent["metadata"]
+    dataset = spec.dataset
+    if dataset.config_map is not None:
+        dataset_path = f"{DATASET_DIR}/{dataset.config_map.key}"
+    elif dataset.pvc is not None:
+        dataset_path = f"{DATASET_DIR}/{dataset.pvc.path}"
+    else:
+        assert dataset.url is not None  # the model guarantees exactly one
+        dataset_path = dataset.url
+    base = spec.base_model
+    _, output_sub = output_location(meta["name"], spec)
+    return TrainJobConfig(
+        resource=ResourceIdentity.model_validate(
+            {
+                "apiVersion": parent["apiVersion"],
+                "kind": parent["kind"],
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "generation": meta.get("generation", 0),
+            }
+        ),
+        base_model=ModelSpec(
+            name=base.name,
+            path=(f"{MODEL_DIR}/{base.pvc.path}".rstrip("/.") or MODEL_DIR) if base.pvc else None,
+            revision=base.revision,
+            token_file=f"{SECRETS_DIR}/hub/token" if base.token_secret_ref else None,
+        ),
+        dataset=DatasetSpec(
+            path=dataset_path,
+            format=dataset.format,
+            validation_split=dataset.validation_split,
+            max_seq_length=dataset.max_seq_length,
+        ),
+        method=spec.method,
+        lora=LoraSpec(**spec.lora.model_dump()),
+        quantization=QuantizationSpec(**spec.quantization.model_dump()),
+        training=TrainingSpec(**spec.training.model_dump()),
+        output_dir=OUTPUT_DIR if output_sub == "." else f"{OUTPUT_DIR}/{output_sub}",
+        progress=ProgressTarget(
+            namespace=meta["namespace"], config_map=child_name(meta["name"], PROGRESS_COMPONENT)
+        ),
+        phiops_version=__version__,
+    )
+
+
+def setup_children(
     parent: Mapping[str, Any], spec: FineTuneJobSpec, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    """The configuration the training workload mounts."""
-    return [workload_config(parent, CONFIG_COMPONENT, spec.to_wire())]
+    """Everything the Jobs need, applied before (and never after) training starts."""
+    name = parent["metadata"]["name"]
+    children: list[dict[str, Any]] = []
+    if spec.output.pvc is None:
+        children.append(
+            claim(
+                parent,
+                OUTPUT_COMPONENT,
+                spec.output.size,
+                spec.output.storage_class_name,
+                spec.output.reclaim_policy,
+            )
+        )
+    children.append(
+        config_map(
+            parent,
+            CONFIG_COMPONENT,
+            {"config.json": train_config(parent, spec).model_dump(mode="json")},
+        )
+    )
+    progress = config_map(parent, PROGRESS_COMPONENT, {})
+    progress["data"] = {PROGRESS_KEY: "{}"}
+    children.append(progress)
+    # The trainer may update exactly one object: its own progress ConfigMap.
+    account = child_name(name, TRAINER_COMPONENT)
+    children += [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": child_metadata(parent, TRAINER_COMPONENT),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": child_metadata(parent, TRAINER_COMPONENT),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [progress["metadata"]["name"]],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": child_metadata(parent, TRAINER_COMPONENT),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": account,
+                    "namespace": parent["metadata"]["namespace"],
+                }
+            ],
+        },
+    ]
+    return children
+
+
+def _volumes(
+    parent_name: str, spec: FineTuneJobSpec, with_output: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": child_name(parent_name, CONFIG_COMPONENT)}}
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    dataset = spec.dataset
+    if dataset.config_map is not None:
+        volumes.append({"name": "dataset", "configMap": {"name": dataset.config_map.name}})
+        mounts.append({"name": "dataset", "mountPath": DATASET_DIR, "readOnly": True})
+    elif dataset.pvc is not None:
+        volumes.append(
+            {
+                "name": "dataset",
+                "persistentVolumeClaim": {"claimName": dataset.pvc.claim_name, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "dataset", "mountPath": DATASET_DIR, "readOnly": True})
+    base = spec.base_model
+    if base.pvc is not None:
+        volumes.append(
+            {
+                "name": "model",
+                "persistentVolumeClaim": {"claimName": base.pvc.claim_name, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+    if base.token_secret_ref is not None:
+        ref = base.token_secret_ref
+        volumes.append(secret_volume("hub-token", ref.name, ref.key, "token"))
+        mounts.append({"name": "hub-token", "mountPath": f"{SECRETS_DIR}/hub", "readOnly": True})
+    if with_output:
+        output_claim, _ = output_location(parent_name, spec)
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": output_claim}})
+        mounts.append({"name": "output", "mountPath": OUTPUT_DIR})
+    return volumes, mounts
+
+
+def _job(
+    parent: Mapping[str, Any],
+    spec: FineTuneJobSpec,
+    config: OperatorConfig,
+    component: str,
+    name: str,
+    args: list[str],
+    pod_spec: dict[str, Any],
+    container_extra: dict[str, Any],
+    with_output: bool,
+) -> dict[str, Any]:
+    parent_name = parent["metadata"]["name"]
+    volumes, mounts = _volumes(parent_name, spec, with_output)
+    meta = child_metadata(parent, component)
+    meta["name"] = name
+    container = {
+        "name": component,
+        "image": spec.resources.image or config.images.finetune,
+        "args": args,
+        "env": [
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **container_extra,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            # Retries are the operator's: it tells an out-of-memory exit from an eviction.
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels(parent["kind"], parent_name, component)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": volumes,
+                    **pod_spec,
+                },
+            },
+        },
+    }
+
+
+def preflight_job(
+    parent: Mapping[str, Any], spec: FineTuneJobSpec, config: OperatorConfig
+) -> dict[str, Any]:
+    """Dataset validation and step counting on a CPU node: no GPU time is spent on a dataset
+    that cannot train."""
+    name = child_name(parent["metadata"]["name"], PREFLIGHT_COMPONENT)
+    args = ["preflight", "--config", f"{CONFIG_DIR}/config.json"]
+    return _job(parent, spec, config, PREFLIGHT_COMPONENT, name, args, {}, {}, with_output=False)
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def train_job_name(parent_name: str, attempt: int) -> str:
+    return child_name(parent_name, f"{TRAIN_COMPONENT}-{attempt}")
+
+
+def train_job(
+    parent: Mapping[str, Any], spec: FineTuneJobSpec, config: OperatorConfig, attempt: int
+) -> dict[str, Any]:
+    """One training attempt on a GPU node; a retried attempt resumes from the checkpoint."""
+    parent_name = parent["metadata"]["name"]
+    res = spec.resources
+    resources = container_resources(res)
+    if res.gpus > 0:
+        gpus = str(res.gpus)
+        resources.setdefault("limits", {})[res.gpu_resource_name] = gpus
+        resources.setdefault("requests", {})[res.gpu_resource_name] = gpus
+    pod_spec = placement(res) | {"serviceAccountName": child_name(parent_name, TRAINER_COMPONENT)}
+    if res.gpus > 0:
+        tolerations = pod_spec.get("tolerations", [])
+        if GPU_TOLERATION not in tolerations:
+            pod_spec["tolerations"] = [*tolerations, GPU_TOLERATION]
+    if spec.active_deadline_seconds:
+        pod_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    args = ["train", "--config", f"{CONFIG_DIR}/config.json"]
+    job = _job(
+        parent,
+        spec,
+        config,
+        TRAIN_COMPONENT,
+        train_job_name(parent_name, attempt),
+        args,
+        pod_spec,
+        {"resources": resources} if resources else {},
+        with_output=True,
+    )
+    job["metadata"]["labels"][ATTEMPT_LABEL] = str(attempt)
+    job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec)}
+    return job

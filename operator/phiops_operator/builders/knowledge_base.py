@@ -24,6 +24,7 @@ from phiops_workload.knowledge import (
 from phiops_operator.builders.common import (
     child_metadata,
     child_name,
+    claim,
     config_map,
     container_resources,
     labels,
@@ -68,21 +69,9 @@ def store_children(
         return []
     name = store_name(parent["metadata"]["name"])
     storage = spec.vector_store.milvus.embedded.storage
-    claim_meta = child_metadata(parent, STORE_COMPONENT)
-    if spec.reclaim_policy == "Retain":
-        # Without an owner the garbage collector leaves the data when the resource goes.
-        claim_meta.pop("ownerReferences")
-    claim: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": claim_meta,
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": storage.size}},
-        },
-    }
-    if storage.storage_class_name:
-        claim["spec"]["storageClassName"] = storage.storage_class_name
+    store_claim = claim(
+        parent, STORE_COMPONENT, storage.size, storage.storage_class_name, spec.reclaim_policy
+    )
     selector = {
         "app.kubernetes.io/instance": parent["metadata"]["name"],
         "app.kubernetes.io/component": STORE_COMPONENT,
@@ -140,7 +129,7 @@ def store_children(
             ],
         },
     }
-    return [claim, deployment, service]
+    return [store_claim, deployment, service]
 
 
 @dataclass(frozen=True)

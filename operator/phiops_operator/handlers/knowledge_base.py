@@ -10,15 +10,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import kopf
-from phiops_workload.contracts import WorkloadResult
 from phiops_workload.knowledge import REASON_EMBEDDING_FAILED
 from pydantic import ValidationError
 
 from phiops_operator import GROUP, VERSION, metrics
 from phiops_operator.builders import knowledge_base as builder
-from phiops_operator.durations import parse_duration
 from phiops_operator.models.kinds import KNOWLEDGE_BASE
 from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+from phiops_operator.observe import job_outcome, job_state, job_times
 from phiops_operator.reconcile import (
     Context,
     StatusUpdate,
@@ -27,6 +26,7 @@ from phiops_operator.reconcile import (
     reconcile,
 )
 from phiops_operator.status import knowledge_base as status
+from phiops_operator.units import parse_duration
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
 TIMER_SECONDS = 5
@@ -100,47 +100,16 @@ def _trigger(context: Context, spec: KnowledgeBaseSpec, versions: dict[str, str]
     return trigger
 
 
-def _job_state(job: dict[str, Any]) -> status.JobState:
-    job_status = job.get("status") or {}
-    if int(job_status.get("succeeded") or 0) >= 1:
-        return "succeeded"
-    failed = any(
-        c.get("type") == "Failed" and c.get("status") == "True"
-        for c in job_status.get("conditions") or []
-    )
-    return "failed" if failed else "active"
-
-
-async def _shard_result(context: Context, job: str) -> WorkloadResult | None:
-    """The termination message of the Job's latest finished pod."""
-    pods = await context.kube.list("v1", "Pod", context.namespace, f"job-name={job}")
-    pods.sort(key=lambda p: p["metadata"]["creationTimestamp"], reverse=True)
-    for pod in pods:
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated")
-            if not terminated:
-                continue
-            message = terminated.get("message") or ""
-            try:
-                return WorkloadResult.model_validate_json(message)
-            except ValidationError:
-                text = message.strip()[-500:] or f"exit code {terminated.get('exitCode')}"
-                return WorkloadResult(
-                    outcome="Failed", reason=REASON_EMBEDDING_FAILED, message=text
-                )
-    return None
-
-
 async def _observe_job(context: Context, job: dict[str, Any]) -> status.ShardObservation:
-    state = _job_state(job)
-    job_status = job.get("status") or {}
-    conditions = job_status.get("conditions") or [{}]
+    state = job_state(job)
+    name = job["metadata"]["name"]
+    result = None
+    if state != "active":
+        outcome = await job_outcome(context.kube, context.namespace, name, REASON_EMBEDDING_FAILED)
+        result = outcome.result
+    started, finished = job_times(job)
     return status.ShardObservation(
-        job=job["metadata"]["name"],
-        state=state,
-        result=await _shard_result(context, job["metadata"]["name"]) if state != "active" else None,
-        started=job_status.get("startTime"),
-        finished=job_status.get("completionTime") or conditions[-1].get("lastTransitionTime"),
+        job=name, state=state, result=result, started=started, finished=finished
     )
 
 
@@ -286,7 +255,7 @@ async def delete_knowledge_base(
     if found is None:
         await context.kube.apply(job)
         raise kopf.TemporaryError(f"dropping collections of alias {alias}", delay=5)
-    state = _job_state(found)
+    state = job_state(found)
     if state == "active":
         raise kopf.TemporaryError(f"dropping collections of alias {alias}", delay=5)
     if state == "failed":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from phiops_operator.conditions import Observation, reconciling, stalled
 
 ACCEPTED = "Accepted"
+JobState = Literal["active", "succeeded", "failed"]
 
 
 def invalid_spec(message: str) -> list[Observation]:

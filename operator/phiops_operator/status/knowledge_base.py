@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from phiops_workload.contracts import WorkloadResult
 from phiops_workload.knowledge import REASON_EMBEDDING_FAILED, SyncFigures
@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from phiops_operator import conditions
 from phiops_operator.conditions import Observation
-from phiops_operator.status.common import ACCEPTED
+from phiops_operator.status.common import ACCEPTED, JobState
 
-JobState = Literal["active", "succeeded", "failed"]
 MAX_FAILED_NAMES = 20
 
 
