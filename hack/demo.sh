@@ -56,6 +56,23 @@ collection=$(kubectl get knowledgebase handbook -o jsonpath='{.status.collection
 for hit in json.load(sys.stdin):
     print(f"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}")'
 
+step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
+kubectl apply -f examples/demo/tiny-model.yaml
+phase_of() { kubectl get "$1" -o jsonpath='{.status.phase}'; }
+wait_phase() {  # wait_phase OBJECT TIMEOUT: until Succeeded (or fail on Failed), showing it
+  local deadline=$((SECONDS + $2))
+  until [[ $(phase_of "$1") == Succeeded ]]; do
+    [[ $(phase_of "$1") == Failed || $SECONDS -gt $deadline ]] && { kubectl get "$1" -o yaml; return 1; }
+    kubectl get "$1" --no-headers; sleep 5
+  done
+}
+wait_phase pod/make-tiny-phi3 180
+kubectl apply -f examples/demo/fine-tune.yaml
+wait_phase finetunejob/support-tone-tiny 400
+kubectl wait --for=condition=Ready --timeout=10s finetunejob/support-tone-tiny
+kubectl get pods -l app.kubernetes.io/instance=support-tone-tiny -o wide
+kubectl get ftj support-tone-tiny -o jsonpath='{.status.adapter}{"\n"}{.status.dataset}{"\n"}'
+
 step "kubectl get phiops"
 kubectl get phiops -o wide
 

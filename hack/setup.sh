@@ -25,11 +25,11 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 stamp="$VENV/.phiops-installed"
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  say "installing Python packages (operator, embed, dev group; about 2 minutes the first time)"
+  say "installing Python packages (operator, embed, finetune, dev group; a few minutes the first time)"
   "$VENV/bin/pip" install -q --upgrade "pip>=25.1"
   # torch first, pinned everywhere after: its CPU build, not several GB of CUDA packages.
   "$VENV/bin/pip" install -q -c hack/constraints.txt torch
-  "$VENV/bin/pip" install -q -c hack/constraints.txt -e '.[operator,embed]' --group dev
+  "$VENV/bin/pip" install -q -c hack/constraints.txt -e '.[operator,embed,finetune]' --group dev
   touch "$stamp"
 fi
 

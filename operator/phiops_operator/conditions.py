@@ -52,7 +52,8 @@ def merge(
             type=obs.type,
             status=obs.status,
             reason=obs.reason,
-            message=obs.message,
+            # Never an empty string: the 1.20 API server reads "" as null and rejects it.
+            message=obs.message or None,
             last_transition_time=transition,
             observed_generation=generation,
         ).to_wire()

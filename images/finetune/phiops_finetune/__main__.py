@@ -1,17 +1,10 @@
-"""`python -m phiops_finetune --config FILE`: the training workload of a FineTuneJob."""
+"""`python -m phiops_finetune <subcommand>`: see `phiops_finetune.cli`."""
 
 from __future__ import annotations
 
 import sys
 
-from phiops_workload.contracts import WorkloadConfig, WorkloadResult
-from phiops_workload.runtime import WorkloadError, run
-
-
-def main(config: WorkloadConfig) -> WorkloadResult:
-    # The training itself lands with the FineTuneJob feature; until then the image says so.
-    raise WorkloadError("NotImplemented", "the training workload is not part of this build yet")
-
+from phiops_finetune.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run("phiops_finetune", "FineTuneJob", main, sys.argv[1:]))
+    sys.exit(main())

@@ -141,7 +141,7 @@ class Condition(KubeModel):
     """True, False or Unknown."""
     reason: Annotated[str, Field(max_length=1024)]
     """One-word CamelCase reason for the last transition."""
-    message: Annotated[str, Field(max_length=32768)] = ""
+    message: Annotated[str, Field(max_length=32768)] | None = None
     """Human-readable details."""
     last_transition_time: str
     """When the status last changed (RFC 3339)."""

@@ -146,7 +146,11 @@ def compute(obs: FineTuneObservation) -> tuple[list[Observation], dict[str, Any]
                 )
             )
         else:
-            accepted.append(Observation(SPEC_IMMUTABLE, "False", "SpecUnchanged", ""))
+            accepted.append(
+                Observation(
+                    SPEC_IMMUTABLE, "False", "SpecUnchanged", "the spec training started with"
+                )
+            )
     preflight = _preflight_figures(obs.preflight)
     if preflight is not None:
         report = preflight.dataset
