@@ -57,6 +57,9 @@ for hit in json.load(sys.stdin):
     print(f"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}")'
 
 step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
+echo "The sample FineTuneJob support-tone names microsoft/Phi-3-mini-4k-instruct on the model hub,"
+echo "which this machine cannot reach, so its pre-flight stops it (BaseModelUnavailable) before any"
+echo "GPU is asked for. The same code path on a tiny Phi-3 made by a pod of the trainer image:"
 kubectl apply -f examples/demo/tiny-model.yaml
 phase_of() { kubectl get "$1" -o jsonpath='{.status.phase}'; }
 wait_phase() {  # wait_phase OBJECT TIMEOUT: until Succeeded (or fail on Failed), showing it

@@ -174,8 +174,11 @@ def greedy(model_dir: Path, adapter_dir: Path | None, prompt: str) -> str:
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, adapter_dir)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
-    )
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
     return str(tokenizer.decode(out[0][ids.shape[1] :]))
@@ -236,17 +239,18 @@ def test_qlora_trains_too(models: Cluster) -> None:
 
 
 def test_killed_training_pod_resumes_from_a_checkpoint(models: Cluster) -> None:
-    apply(models, fine_tune_job("resumed", "lora", maxSteps=400, saveSteps=4, loggingSteps=1))
+    # Long enough (tens of seconds on the tiny model) that the kill lands mid-run.
+    apply(models, fine_tune_job("resumed", "lora", maxSteps=2000, saveSteps=10, loggingSteps=5))
     selector = "app.kubernetes.io/instance=resumed,app.kubernetes.io/component=train"
 
     def progressed() -> dict[str, Any] | None:
         obj = get(models, "ftj", "resumed")
         step = (((obj or {}).get("status") or {}).get("progress") or {}).get("step", 0)
-        return obj if step >= 6 else None
+        return obj if step >= 20 else None
 
     during = eventually(progressed, what="progress in status while training")
     assert during["status"]["phase"] == "Running"
-    assert during["status"]["progress"]["totalSteps"] == 400
+    assert during["status"]["progress"]["totalSteps"] == 2000
     (first,) = pods_of(models, selector)
     models.kubectl(
         "delete", "pod", "-n", NS, first["metadata"]["name"], "--grace-period=0", "--force"

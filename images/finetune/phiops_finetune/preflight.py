@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from phiops_workload.contracts import TERMINATION_MESSAGE_LIMIT, WorkloadResult
 from phiops_workload.finetune import (
+    REASON_MODEL_UNAVAILABLE,
     REASON_PREFLIGHT_PASSED,
-    REASON_TRAINING_FAILED,
     PreflightFigures,
     TrainJobConfig,
 )
@@ -46,7 +46,7 @@ def tokenizer_for(config: TrainJobConfig) -> PreTrainedTokenizerBase:
         return load_tokenizer(config.base_model)
     except (OSError, ValueError) as err:
         raise WorkloadError(
-            REASON_TRAINING_FAILED,
+            REASON_MODEL_UNAVAILABLE,
             f"the tokenizer of base model {source(config.base_model)} could not be loaded: {err}",
         ) from err
 
