@@ -5,6 +5,7 @@ The test cluster runs beside any developer cluster: its own state directory and 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,8 +13,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers import CRD_DIR
 
@@ -34,6 +37,15 @@ class Cluster:
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
         return proc.stdout + proc.stderr
+
+    def apply(self, manifest: dict[str, Any], namespace: str) -> None:
+        manifest.setdefault("metadata", {}).setdefault("namespace", namespace)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def get(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """The object as JSON, or None when it does not exist."""
+        out = self.kubectl("get", "-n", namespace, kind, name, "-o", "json", check=False)
+        return json.loads(out) if out.lstrip().startswith("{") else None
 
 
 def free_port(pairs: int = 1) -> int:

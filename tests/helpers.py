@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,15 @@ def samples() -> list[dict[str, Any]]:
         for doc in load_all(path)
         if doc["apiVersion"].startswith("phiops.dev/")
     ]
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Poll `check` every second until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")

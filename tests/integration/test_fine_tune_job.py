@@ -4,15 +4,14 @@ node runtime on a tiny random-weight Phi-3 (no model hub here), LoRA and QLoRA."
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from phiops_devcluster.node_runtime import GPU_NODE, pod_log_path, volume_dir
 
+from tests import helpers
 from tests.conftest import Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -32,24 +31,15 @@ RECORDS = [
 
 
 def eventually(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+    return helpers.eventually(check, timeout, what)
 
 
 def apply(cluster: Cluster, manifest: dict[str, Any]) -> None:
-    manifest.setdefault("metadata", {}).setdefault("namespace", NS)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    cluster.apply(manifest, NS)
 
 
 def get(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
-    out = cluster.kubectl("get", "-n", NS, kind, name, "-o", "json", check=False)
-    return json.loads(out) if out.lstrip().startswith("{") else None
+    return cluster.get(NS, kind, name)
 
 
 def pods_of(cluster: Cluster, selector: str) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import yaml
 
+from tests import helpers
 from tests.conftest import Cluster
 from tests.unit.embed.pdfgen import make_pdf
 
@@ -40,24 +40,15 @@ PDF_TEXT = "Battery care. Charge the scooter battery to 80 percent before winter
 
 
 def eventually(check: Callable[[], Any], timeout: float = SYNC_TIMEOUT, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+    return helpers.eventually(check, timeout, what)
 
 
 def apply(cluster: Cluster, manifest: dict[str, Any]) -> None:
-    manifest.setdefault("metadata", {}).setdefault("namespace", NS)
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    cluster.apply(manifest, NS)
 
 
 def get(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
-    out = cluster.kubectl("get", "-n", NS, kind, name, "-o", "json", check=False)
-    return json.loads(out) if out.lstrip().startswith("{") else None
+    return cluster.get(NS, kind, name)
 
 
 def ready(obj: dict[str, Any] | None) -> dict[str, Any] | None:

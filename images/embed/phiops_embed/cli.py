@@ -21,13 +21,11 @@ from phiops_workload.contracts import WorkloadResult
 from phiops_workload.knowledge import REASON_STORE_UNAVAILABLE, EmbedJobConfig
 from phiops_workload.runtime import (
     DEFAULT_CONFIG,
-    EXIT_BAD_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
-    WorkloadError,
+    run_job,
     write_result,
 )
-from pydantic import ValidationError
 
 SUBCOMMANDS = ("sync", "promote", "query", "serve-store", "drop")
 RESOURCE_KIND = "KnowledgeBase"
@@ -112,24 +110,7 @@ def _quiet_pymilvus() -> None:
 
 
 def _job(config_path: str, run: Callable[[EmbedJobConfig], WorkloadResult]) -> int:
-    """Read the config, run, and always leave a termination message behind."""
-    try:
-        config = EmbedJobConfig.model_validate_json(Path(config_path).read_text())
-    except (OSError, ValidationError) as err:
-        write_result(WorkloadResult(outcome="Failed", reason="InvalidConfig", message=str(err)))
-        return EXIT_BAD_CONFIG
-    if config.resource.kind != RESOURCE_KIND:
-        message = f"phiops_embed serves a {RESOURCE_KIND}, not a {config.resource.kind}"
-        write_result(WorkloadResult(outcome="Failed", reason="InvalidConfig", message=message))
-        return EXIT_BAD_CONFIG
-    try:
-        result = run(config)
-    except WorkloadError as err:
-        logging.getLogger(__name__).error("%s: %s", err.reason, err)
-        write_result(WorkloadResult(outcome="Failed", reason=err.reason, message=str(err)))
-        return err.exit_code
-    write_result(result)
-    return EXIT_OK if result.outcome == "Succeeded" else EXIT_FAILED
+    return run_job("phiops_embed", config_path, EmbedJobConfig, RESOURCE_KIND, run)
 
 
 def _query(args: argparse.Namespace) -> int:

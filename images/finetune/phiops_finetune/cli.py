@@ -18,19 +18,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 from phiops_workload.contracts import WorkloadResult
 from phiops_workload.finetune import TrainJobConfig
 from phiops_workload.runtime import (
     DEFAULT_CONFIG,
-    EXIT_BAD_CONFIG,
-    EXIT_FAILED,
     EXIT_OK,
-    WorkloadError,
-    write_result,
+    run_job,
 )
-from pydantic import ValidationError
 
 SUBCOMMANDS = ("preflight", "train", "make-tiny-model")
 RESOURCE_KIND = "FineTuneJob"
@@ -88,26 +83,5 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6")
 
 
-def load_config(path: str) -> TrainJobConfig:
-    return TrainJobConfig.model_validate_json(Path(path).read_text())
-
-
 def _job(config_path: str, run: Callable[[TrainJobConfig], WorkloadResult]) -> int:
-    """Read the config, run, and always leave a termination message behind."""
-    try:
-        config = load_config(config_path)
-    except (OSError, ValidationError) as err:
-        write_result(WorkloadResult(outcome="Failed", reason="InvalidConfig", message=str(err)))
-        return EXIT_BAD_CONFIG
-    if config.resource.kind != RESOURCE_KIND:
-        message = f"phiops_finetune serves a {RESOURCE_KIND}, not a {config.resource.kind}"
-        write_result(WorkloadResult(outcome="Failed", reason="InvalidConfig", message=message))
-        return EXIT_BAD_CONFIG
-    try:
-        result = run(config)
-    except WorkloadError as err:
-        logging.getLogger("phiops_finetune").error("%s: %s", err.reason, err)
-        write_result(WorkloadResult(outcome="Failed", reason=err.reason, message=str(err)))
-        return err.exit_code
-    write_result(result)
-    return EXIT_OK if result.outcome == "Succeeded" else EXIT_FAILED
+    return run_job("phiops_finetune", config_path, TrainJobConfig, RESOURCE_KIND, run)
