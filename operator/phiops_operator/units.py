@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)")
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -40,3 +41,8 @@ def parse_quantity(text: str) -> float:
     if match is None:
         raise ValueError(f"not a quantity: {text!r} (use e.g. 24Gi or 80G)")
     return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
+def parse_time(stamp: str) -> float:
+    """An RFC 3339 timestamp from the API (`2026-01-01T00:00:00Z`) as Unix time."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -25,7 +24,7 @@ from phiops_operator.models.kinds import FINE_TUNE_JOB
 from phiops_operator.observe import job_outcome, job_state, job_times
 from phiops_operator.reconcile import Context, StatusUpdate, known_invalid, reconcile
 from phiops_operator.status import fine_tune_job as status
-from phiops_operator.units import parse_quantity
+from phiops_operator.units import parse_quantity, parse_time
 
 TIMER_SECONDS = 5
 
@@ -90,10 +89,6 @@ async def _progress(context: Context) -> Progress | None:
         return None  # not published yet ("{}") or from another version: ignore
 
 
-def _seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def _record_metrics(
     context: Context, obs: status.FineTuneObservation, fields: dict[str, Any]
 ) -> None:
@@ -101,8 +96,8 @@ def _record_metrics(
     for phase in metrics.FTJ_PHASES:
         metrics.FTJ_PHASE.labels(ns, name, phase).set(1 if fields.get("phase") == phase else 0)
     if fields.get("startTime"):
-        end = _seconds(fields["completionTime"]) if fields.get("completionTime") else time.time()
-        metrics.FTJ_DURATION.labels(ns, name).set(end - _seconds(fields["startTime"]))
+        end = parse_time(fields["completionTime"]) if fields.get("completionTime") else time.time()
+        metrics.FTJ_DURATION.labels(ns, name).set(end - parse_time(fields["startTime"]))
     if fields.get("phase") == "Succeeded" and "loss" in fields.get("progress", {}):
         metrics.FTJ_FINAL_LOSS.labels(ns, name).set(fields["progress"]["loss"])
     reasons: dict[str, int] = {}

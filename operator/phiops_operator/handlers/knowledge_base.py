@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,15 +25,11 @@ from phiops_operator.reconcile import (
     reconcile,
 )
 from phiops_operator.status import knowledge_base as status
-from phiops_operator.units import parse_duration
+from phiops_operator.units import parse_duration, parse_time
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
 TIMER_SECONDS = 5
 CONNECT_TIMEOUT_SECONDS = 3
-
-
-def _parse_time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def _missing_sources(
@@ -95,7 +90,7 @@ def _trigger(context: Context, spec: KnowledgeBaseSpec, versions: dict[str, str]
         "sources": sorted(versions.items()),
     }
     if spec.sync.interval:
-        age = time.time() - _parse_time(meta["creationTimestamp"])
+        age = time.time() - parse_time(meta["creationTimestamp"])
         trigger["tick"] = int(age // parse_duration(spec.sync.interval))
     return trigger
 
@@ -160,7 +155,7 @@ def _record_metrics(
         metrics.KB_CHUNKS.labels(ns, name).set(fields["chunks"])
         metrics.KB_SYNC_DURATION.labels(ns, name).set(fields["lastSyncDurationSeconds"])
         if fields.get("lastSyncTime"):
-            metrics.KB_LAST_SYNC.labels(ns, name).set(_parse_time(fields["lastSyncTime"]))
+            metrics.KB_LAST_SYNC.labels(ns, name).set(parse_time(fields["lastSyncTime"]))
     counted: set[str] = context.memo.setdefault("counted_failures", set())
     if failed is not None and failed.sync_id not in counted:
         counted.add(failed.sync_id)
