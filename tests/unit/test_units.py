@@ -1,5 +1,4 @@
 import pytest
-
 from phiops_operator.units import parse_duration, parse_quantity, parse_time
 
 
