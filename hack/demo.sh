@@ -52,9 +52,11 @@ step "what retrieval returns for a question (the embedding image's query subcomm
 store=$(kubectl get service handbook-store -o jsonpath='{.spec.clusterIP}')
 collection=$(kubectl get knowledgebase handbook -o jsonpath='{.status.collection}')
 "$PY" -m phiops_embed query --uri "http://$store:19530" --collection "$collection" --top-k 2 \
-  "How long do refunds take?" | "$PY" -c 'import json,sys
+  "How long do refunds take?" 2>/dev/null | "$PY" -c "
+import json, sys
 for hit in json.load(sys.stdin):
-    print(f"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}")'
+    print(f\"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}\")
+"
 
 step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
 echo "The sample FineTuneJob support-tone names microsoft/Phi-3-mini-4k-instruct on the model hub,"
