@@ -55,7 +55,7 @@ collection=$(kubectl get knowledgebase handbook -o jsonpath='{.status.collection
   "How long do refunds take?" 2>/dev/null | "$PY" -c "
 import json, sys
 for hit in json.load(sys.stdin):
-    print(f\"{hit['score']:.3f}  {hit['doc_id']}: {hit['text'][:90]}\")
+    print(f\"{hit['score']:.3f}  {hit['doc_id']}: {' '.join(hit['text'].split())[:90]}\")
 "
 
 step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
