@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from phiops_operator import conditions
+from phiops_operator import GROUP, VERSION, conditions
 from phiops_operator.config import OperatorConfig
 from phiops_operator.errors import describe
 from phiops_operator.k8s import Kube, KubeError
@@ -114,3 +114,40 @@ async def reconcile(
                 raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
             write(observed, fields)
             outcome.result = "success"
+
+
+def register(
+    kind: Kind,
+    step: Step,
+    timer_seconds: float | None = None,
+    settled: Callable[[kopf.Body], bool] = lambda body: False,
+) -> None:
+    """Run `step` for `kind` on create, update and resume, and, with `timer_seconds`, on a
+    timer too (children finish, intervals pass) unless the spec is known invalid or the
+    resource has `settled` (nothing left to watch until its spec changes)."""
+    plural = kind.plural
+
+    async def on_change(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        await reconcile(kind, body, patch, memo, logger, step)
+
+    for decorate in (kopf.on.resume, kopf.on.create, kopf.on.update):
+        decorate(GROUP, VERSION, plural, id=f"reconcile_{kind.module}")(on_change)
+    if timer_seconds is None:
+        return
+
+    async def on_timer(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
+    ) -> None:
+        if not known_invalid(body) and not settled(body):
+            await reconcile(kind, body, patch, memo, logger, step)
+
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id=f"watch_{kind.module}",
+        interval=timer_seconds,
+        initial_delay=timer_seconds,
+    )(on_timer)

@@ -22,7 +22,7 @@ from phiops_operator.builders import fine_tune_job as builder
 from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import FINE_TUNE_JOB
 from phiops_operator.observe import job_outcome, job_state, job_times
-from phiops_operator.reconcile import Context, StatusUpdate, known_invalid, reconcile
+from phiops_operator.reconcile import Context, StatusUpdate, register
 from phiops_operator.status import fine_tune_job as status
 from phiops_operator.units import parse_quantity, parse_time
 
@@ -163,25 +163,12 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
     return observed, fields
 
 
-@kopf.on.resume(GROUP, VERSION, FINE_TUNE_JOB.plural)
-@kopf.on.create(GROUP, VERSION, FINE_TUNE_JOB.plural)
-@kopf.on.update(GROUP, VERSION, FINE_TUNE_JOB.plural)
-async def reconcile_fine_tune_job(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    await reconcile(FINE_TUNE_JOB, body, patch, memo, logger, step)
+def _settled(body: kopf.Body) -> bool:
+    """A finished job only changes again on a spec change (handled on update)."""
+    return body.status.get("phase") in ("Succeeded", "Failed")
 
 
-@kopf.timer(
-    GROUP, VERSION, FINE_TUNE_JOB.plural, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS
-)
-async def watch_fine_tune_job(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    # A finished job only changes again on a spec change (handled by the update handler).
-    if known_invalid(body) or body.status.get("phase") in ("Succeeded", "Failed"):
-        return
-    await reconcile(FINE_TUNE_JOB, body, patch, memo, logger, step)
+register(FINE_TUNE_JOB, step, timer_seconds=TIMER_SECONDS, settled=_settled)
 
 
 @kopf.on.delete(GROUP, VERSION, FINE_TUNE_JOB.plural, optional=True)

@@ -20,9 +20,8 @@ from phiops_operator.observe import job_outcome, job_state, job_times
 from phiops_operator.reconcile import (
     Context,
     StatusUpdate,
-    known_invalid,
     plain_parent,
-    reconcile,
+    register,
 )
 from phiops_operator.status import knowledge_base as status
 from phiops_operator.units import parse_duration, parse_time
@@ -210,23 +209,7 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     return observed, fields
 
 
-@kopf.on.resume(GROUP, VERSION, KNOWLEDGE_BASE.plural)
-@kopf.on.create(GROUP, VERSION, KNOWLEDGE_BASE.plural)
-@kopf.on.update(GROUP, VERSION, KNOWLEDGE_BASE.plural)
-async def reconcile_knowledge_base(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    await reconcile(KNOWLEDGE_BASE, body, patch, memo, logger, step)
-
-
-@kopf.timer(
-    GROUP, VERSION, KNOWLEDGE_BASE.plural, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS
-)
-async def watch_knowledge_base(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-) -> None:
-    if not known_invalid(body):
-        await reconcile(KNOWLEDGE_BASE, body, patch, memo, logger, step)
+register(KNOWLEDGE_BASE, step, timer_seconds=TIMER_SECONDS)
 
 
 @kopf.on.delete(GROUP, VERSION, KNOWLEDGE_BASE.plural)
