@@ -1,17 +1,36 @@
-"""`python -m phiops_serve --config FILE`: the inference workload of a PhiDeployment."""
+"""`python -m phiops_serve --config FILE`: the OpenAI-compatible inference server."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import sys
 
-from phiops_workload.contracts import WorkloadConfig, WorkloadResult
-from phiops_workload.runtime import WorkloadError, run
+from aiohttp import web
+
+from phiops_serve.app import create_app
+from phiops_serve.config import ServeConfig
+from phiops_serve.engine import Engine
+from phiops_serve.rag import Augmenter, open_retriever
+
+DEFAULT_CONFIG = "/etc/phiops/serve.json"
 
 
-def main(config: WorkloadConfig) -> WorkloadResult:
-    # The inference itself lands with the PhiDeployment feature; until then the image says so.
-    raise WorkloadError("NotImplemented", "the inference workload is not part of this build yet")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phiops_serve")
+    parser.add_argument("--config", default=os.environ.get("PHIOPS_CONFIG", DEFAULT_CONFIG))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ServeConfig.load(args.config)
+    augmenter = None
+    if config.retrieval is not None:
+        augmenter = Augmenter(
+            open_retriever(config.retrieval), config.retrieval, config.system_prompt
+        )
+    web.run_app(create_app(Engine(config), augmenter), host=config.host, port=config.port)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run("phiops_serve", "PhiDeployment", main, sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
