@@ -28,13 +28,15 @@ def samples() -> list[dict[str, Any]]:
     ]
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    """Poll `check` every second until it returns something truthy, and return that."""
+def eventually(
+    check: Callable[[], Any], timeout: float = 30, what: str = "", interval: float = 1
+) -> Any:
+    """Poll `check` every `interval` seconds until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(1)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")

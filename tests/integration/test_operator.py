@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import helpers
 from tests.conftest import Cluster
 from tests.helpers import SAMPLES_DIR, samples
 
@@ -29,14 +29,7 @@ def get(cluster: Cluster, *args: str) -> dict[str, Any]:
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")
+    return helpers.eventually(check, timeout, what, interval=0.3)
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -130,8 +123,7 @@ def test_children_are_applied_by_the_operator_with_owner_references(
 
 
 def get_or_none(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
-    out = cluster.kubectl("get", "-n", NS, kind, name, "-o", "json", check=False)
-    return json.loads(out) if out.lstrip().startswith("{") else None
+    return cluster.get(NS, kind, name)
 
 
 def test_spec_change_bumps_observed_generation_and_rerenders(operator: int, crds: Cluster) -> None:
