@@ -8,9 +8,9 @@ import os
 import sys
 
 from aiohttp import web
+from phiops_workload.serving import ServeConfig
 
 from phiops_serve.app import create_app
-from phiops_serve.config import ServeConfig
 from phiops_serve.engine import Engine
 from phiops_serve.rag import Augmenter, open_retriever
 

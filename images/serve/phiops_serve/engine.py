@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from phiops_workload.serving import ServeConfig
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -18,8 +19,6 @@ from transformers import (
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
-
-from phiops_serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 

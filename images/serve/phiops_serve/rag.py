@@ -7,7 +7,8 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from phiops_serve.config import RetrievalConfig
+from phiops_workload.serving import RetrievalConfig
+
 from phiops_serve.engine import Message
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from phiops_serve.app import create_app
-from phiops_serve.config import AdapterConfig, ServeConfig
 from phiops_serve.engine import Engine
+from phiops_workload.serving import AdapterConfig, ServeConfig
 
 BASE = "phi-3-tiny"
 ADAPTER = "tiny-expert"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from phiops_serve.config import ServeConfig
 from phiops_serve.engine import Completion, Engine, Sampling
+from phiops_workload.serving import ServeConfig
 
 from .conftest import ADAPTER, BASE
 

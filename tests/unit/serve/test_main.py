@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from phiops_serve.config import ServeConfig
+from phiops_workload.serving import ServeConfig
 
 from .conftest import _free_port
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from phiops_serve.app import ApiError, create_app, parse_request
-from phiops_serve.config import RetrievalConfig, ServeConfig
 from phiops_serve.engine import Engine, cut_at_stop, held_back
 from phiops_serve.rag import CONTEXT_HEADER, Augmenter
+from phiops_workload.serving import RetrievalConfig, ServeConfig
 from pydantic import ValidationError
 
 CONFIG = {
