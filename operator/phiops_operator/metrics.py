@@ -66,6 +66,11 @@ KB_SYNC_DURATION = Gauge(
     "Duration of a knowledge base's last successful sync.",
     ["namespace", "name"],
 )
+KB_SYNC_INTERVAL = Gauge(
+    "phiops_knowledge_base_sync_interval_seconds",
+    "A knowledge base's periodic re-sync interval (absent when it syncs on change only).",
+    ["namespace", "name"],
+)
 KB_SYNC_FAILURES = Counter(
     "phiops_knowledge_base_sync_failures",
     "Failed knowledge base syncs, by reason.",
@@ -75,9 +80,10 @@ KB_SYNC_FAILURES = Counter(
 
 def forget_knowledge_base(namespace: str, name: str) -> None:
     """Drop a deleted knowledge base's series so dashboards do not show ghosts."""
-    for gauge in (KB_DOCUMENTS, KB_CHUNKS, KB_LAST_SYNC, KB_SYNC_DURATION):
+    for gauge in (KB_DOCUMENTS, KB_CHUNKS, KB_LAST_SYNC, KB_SYNC_DURATION, KB_SYNC_INTERVAL):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    forget_resource("KnowledgeBase", namespace, name)
 
 
 FTJ_PHASES = ("Pending", "Validating", "Running", "Succeeded", "Failed")
@@ -107,6 +113,59 @@ def forget_fine_tune_job(namespace: str, name: str) -> None:
     for phase in FTJ_PHASES:
         with contextlib.suppress(KeyError):
             FTJ_PHASE.remove(namespace, name, phase)
-    for gauge in (FTJ_DURATION, FTJ_FINAL_LOSS):
+    for gauge in (FTJ_DURATION, FTJ_FINAL_LOSS, FTJ_LAST_PROGRESS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    forget_resource("FineTuneJob", namespace, name)
+
+
+FTJ_LAST_PROGRESS = Gauge(
+    "phiops_fine_tune_job_last_progress_timestamp_seconds",
+    "Unix time a fine-tune job's trainer last reported progress (a step or an evaluation).",
+    ["namespace", "name"],
+)
+
+RESOURCE_READY = Gauge(
+    "phiops_resource_ready",
+    "1 when a phiops resource's Ready condition is True, else 0, by kind.",
+    ["kind", "namespace", "name"],
+)
+
+
+def forget_resource(kind: str, namespace: str, name: str) -> None:
+    with contextlib.suppress(KeyError):
+        RESOURCE_READY.remove(kind, namespace, name)
+
+
+DEPLOYMENT_REPLICAS = Gauge(
+    "phiops_deployment_replicas",
+    "Serving pods a PhiDeployment asks for (spec.replicas).",
+    ["namespace", "name"],
+)
+DEPLOYMENT_READY_REPLICAS = Gauge(
+    "phiops_deployment_ready_replicas",
+    "Serving pods of a PhiDeployment that are ready (base model and every adapter loaded).",
+    ["namespace", "name"],
+)
+DEPLOYMENT_ADAPTERS = Gauge(
+    "phiops_deployment_adapters",
+    "Adapters a PhiDeployment declares.",
+    ["namespace", "name"],
+)
+DEPLOYMENT_ADAPTERS_LOADED = Gauge(
+    "phiops_deployment_adapters_loaded",
+    "Adapters of a PhiDeployment loaded on every ready replica of the current rollout.",
+    ["namespace", "name"],
+)
+
+
+def forget_phi_deployment(namespace: str, name: str) -> None:
+    for gauge in (
+        DEPLOYMENT_REPLICAS,
+        DEPLOYMENT_READY_REPLICAS,
+        DEPLOYMENT_ADAPTERS,
+        DEPLOYMENT_ADAPTERS_LOADED,
+    ):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
+    forget_resource("PhiDeployment", namespace, name)

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from phiops_operator import GROUP, VERSION, conditions
+from phiops_operator import GROUP, VERSION, conditions, metrics
 from phiops_operator.config import OperatorConfig
 from phiops_operator.errors import describe
 from phiops_operator.k8s import Kube, KubeError
@@ -88,6 +88,11 @@ async def reconcile(
             patch.status[key] = value
         patch.status["conditions"] = conditions.merge(previous, observed, generation)
         patch.status["observedGeneration"] = generation
+        ready = next((o for o in observed if o.type == conditions.READY), None)
+        if ready is not None:
+            metrics.RESOURCE_READY.labels(kind.kind, body.meta["namespace"], body.meta["name"]).set(
+                1 if ready.status == "True" else 0
+            )
 
     # A timer and a change handler may fire together for one object; run one at a time.
     lock: asyncio.Lock = memo.setdefault("reconcile_lock", asyncio.Lock())

@@ -3,30 +3,26 @@
 import json
 
 from phiops_operator.builders import phi_deployment
+from phiops_operator.builders.phi_deployment import Inputs, ResolvedAdapter
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.kinds import ALL_KINDS
-from phiops_workload.contracts import TERMINATION_MESSAGE_LIMIT, WorkloadConfig, WorkloadResult
+from phiops_workload.contracts import TERMINATION_MESSAGE_LIMIT, WorkloadResult
+from phiops_workload.serving import CONFIG_FILE, ServeConfig
 
 from tests.helpers import samples
 
-BUILDERS = {
-    "PhiDeployment": phi_deployment.build,
-}
 
-
-def test_rendered_config_parses_as_the_workload_contract() -> None:
+def test_rendered_server_config_parses_as_the_serving_contract() -> None:
     kinds = {k.kind: k for k in ALL_KINDS}
-    for sample in samples():
-        if sample["kind"] not in BUILDERS:
-            continue  # the others render their own contracts: see their builder tests
-        parent = {**sample, "metadata": {**sample["metadata"], "namespace": "ns", "uid": "u-1"}}
-        spec = kinds[sample["kind"]].spec.model_validate(sample["spec"])
-        (config_map,) = BUILDERS[sample["kind"]](parent, spec, OperatorConfig())
-        config = WorkloadConfig.model_validate_json(config_map["data"]["config.json"])
-        assert config.resource.kind == sample["kind"]
-        assert config.resource.uid == "u-1"
-        # The spec survives the trip and still validates as the operator's model.
-        assert kinds[sample["kind"]].spec.model_validate(config.spec) == spec
+    (sample,) = [s for s in samples() if s["kind"] == "PhiDeployment"]
+    parent = {**sample, "metadata": {**sample["metadata"], "namespace": "ns", "uid": "u-1"}}
+    spec = kinds["PhiDeployment"].spec.model_validate(sample["spec"])
+    adapter = ResolvedAdapter("support-tone", "support-tone-output", ".", "fineTuneJob/x", "ab")
+    config_map = phi_deployment.build(parent, spec, OperatorConfig(), Inputs((adapter,)))[0]
+    config = ServeConfig.model_validate_json(config_map["data"][CONFIG_FILE])
+    assert config.base_model_name == spec.model.name
+    assert [a.name for a in config.adapters] == ["support-tone"]
+    assert config.max_new_tokens == spec.server.max_new_tokens
 
 
 def test_result_round_trips() -> None:

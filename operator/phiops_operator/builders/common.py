@@ -131,3 +131,21 @@ def claim(
     if storage_class:
         manifest["spec"]["storageClassName"] = storage_class
     return manifest
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def with_gpus(
+    resources: dict[str, Any], pod_spec: dict[str, Any], gpus: int, resource_name: str
+) -> None:
+    """Request `gpus` of `resource_name` (requests = limits, as extended resources need) and
+    tolerate the usual GPU-node taint. Nothing changes for 0 GPUs."""
+    if gpus <= 0:
+        return
+    count = str(gpus)
+    resources.setdefault("limits", {})[resource_name] = count
+    resources.setdefault("requests", {})[resource_name] = count
+    tolerations = pod_spec.get("tolerations", [])
+    if GPU_TOLERATION not in tolerations:
+        pod_spec["tolerations"] = [*tolerations, GPU_TOLERATION]

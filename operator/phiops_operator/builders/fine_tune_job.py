@@ -31,6 +31,7 @@ from phiops_operator.builders.common import (
     labels,
     placement,
     secret_volume,
+    with_gpus,
 )
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.fine_tune_job import FineTuneJobSpec
@@ -270,9 +271,6 @@ def preflight_job(
     return _job(parent, spec, config, PREFLIGHT_COMPONENT, name, args, {}, {}, with_output=False)
 
 
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
 def train_job_name(parent_name: str, attempt: int) -> str:
     return child_name(parent_name, f"{TRAIN_COMPONENT}-{attempt}")
 
@@ -284,15 +282,8 @@ def train_job(
     parent_name = parent["metadata"]["name"]
     res = spec.resources
     resources = container_resources(res)
-    if res.gpus > 0:
-        gpus = str(res.gpus)
-        resources.setdefault("limits", {})[res.gpu_resource_name] = gpus
-        resources.setdefault("requests", {})[res.gpu_resource_name] = gpus
     pod_spec = placement(res) | {"serviceAccountName": child_name(parent_name, TRAINER_COMPONENT)}
-    if res.gpus > 0:
-        tolerations = pod_spec.get("tolerations", [])
-        if GPU_TOLERATION not in tolerations:
-            pod_spec["tolerations"] = [*tolerations, GPU_TOLERATION]
+    with_gpus(resources, pod_spec, res.gpus, res.gpu_resource_name)
     if spec.active_deadline_seconds:
         pod_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     args = ["train", "--config", f"{CONFIG_DIR}/config.json"]

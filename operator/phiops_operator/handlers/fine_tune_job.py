@@ -100,6 +100,8 @@ def _record_metrics(
         metrics.FTJ_DURATION.labels(ns, name).set(end - parse_time(fields["startTime"]))
     if fields.get("phase") == "Succeeded" and "loss" in fields.get("progress", {}):
         metrics.FTJ_FINAL_LOSS.labels(ns, name).set(fields["progress"]["loss"])
+    if obs.progress is not None and obs.progress.updated:
+        metrics.FTJ_LAST_PROGRESS.labels(ns, name).set(parse_time(obs.progress.updated))
     reasons: dict[str, int] = {}
     for attempt in obs.attempts:
         if attempt.state == "failed":

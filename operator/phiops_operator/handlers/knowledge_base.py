@@ -155,6 +155,8 @@ def _record_metrics(
         metrics.KB_SYNC_DURATION.labels(ns, name).set(fields["lastSyncDurationSeconds"])
         if fields.get("lastSyncTime"):
             metrics.KB_LAST_SYNC.labels(ns, name).set(parse_time(fields["lastSyncTime"]))
+    if interval := context.parent["spec"].get("sync", {}).get("interval"):
+        metrics.KB_SYNC_INTERVAL.labels(ns, name).set(parse_duration(interval))
     counted: set[str] = context.memo.setdefault("counted_failures", set())
     if failed is not None and failed.sync_id not in counted:
         counted.add(failed.sync_id)
