@@ -11,8 +11,6 @@ from aiohttp import web
 from phiops_workload.serving import ServeConfig
 
 from phiops_serve.app import create_app
-from phiops_serve.engine import Engine
-from phiops_serve.rag import Augmenter, open_retriever
 
 DEFAULT_CONFIG = "/etc/phiops/serve.json"
 
@@ -22,13 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=os.environ.get("PHIOPS_CONFIG", DEFAULT_CONFIG))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # pymilvus logs a full traceback for every failed call; while Milvus is away that is one
+    # per retry. Our own one-line warnings say the same.
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
     config = ServeConfig.load(args.config)
-    augmenter = None
-    if config.retrieval is not None:
-        augmenter = Augmenter(
-            open_retriever(config.retrieval), config.retrieval, config.system_prompt
-        )
-    web.run_app(create_app(Engine(config), augmenter), host=config.host, port=config.port)
+    web.run_app(create_app(config), host=config.host, port=config.port)
     return 0
 
 

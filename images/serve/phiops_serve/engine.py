@@ -1,39 +1,38 @@
-"""One base model and its LoRA adapters in memory; chat completions against any of them."""
+"""One base model and its LoRA adapters in memory; chat completions against any of them.
+
+Generation is serialised (one model, one request at a time): the adapter is switched per
+request, and a request waits for the one before it. Generation runs in a worker thread so
+the event loop keeps answering health checks, metrics and queued clients.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import threading
+import time
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from phiops_workload.serving import ServeConfig
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import StoppingCriteriaList
+
+from phiops_serve.loading import LoadError, ModelState, load_models
+from phiops_serve.tokens import Cancelled, TokenStream
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
 
-_DTYPES: dict[str, torch.dtype | str] = {
-    "auto": "auto",
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
 
 class UnknownModel(KeyError):
     """The request names a model this server does not serve."""
+
+
+class NotLoaded(Exception):
+    """The model is configured but not (yet, or ever) loaded; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
+    """Generate exactly `max_tokens` (benchmarks): end-of-text tokens are never picked."""
 
 
 @dataclass
@@ -54,65 +55,27 @@ class Completion:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     """`stop` (end of turn or a stop sequence) or `length` (ran into max_tokens)."""
+    started: float = 0.0
+    """time.monotonic() when generation began (after waiting for the model)."""
+    first_token: float | None = None
+    finished: float = 0.0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
-def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    """`text` up to the first stop sequence in it, and whether there was one."""
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def held_back(text: str, stop: tuple[str, ...]) -> int:
-    """How many trailing characters of `text` might begin a stop sequence (not sent yet)."""
-    longest = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), longest, -1):
-            if s.startswith(text[-n:]):
-                longest = n
-                break
-    return longest
-
-
-class _CountingStreamer(TextIteratorStreamer):
-    """A text streamer that also counts the generated tokens and remembers the last one."""
-
-    def __init__(self, tokenizer: Any, timeout: float | None = None) -> None:
-        super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
-        self.generated = 0
-        self.last_token: int | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            flat = value.reshape(-1)
-            self.generated += int(flat.numel())
-            if flat.numel():
-                self.last_token = int(flat[-1])
-        super().put(value)  # type: ignore[no-untyped-call]
-
-
-class _Cancelled(StoppingCriteria):
-    """Ends a generation early once `event` is set (the client left, or a stop matched)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
-
-
-@dataclass
 class Engine:
-    """Loads the model at `load()`; serialises generation (one model, one request at a time)."""
+    """Loads the models at `load()` (blocking: run it in a thread), then generates."""
 
-    config: ServeConfig
-    model: Any = None
-    tokenizer: Any = None
-    loaded: set[str] = field(default_factory=set)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.model: Any = None
+        self.tokenizer: Any = None
+        base = ModelState(config.base_model_name, adapter=False)
+        adapters = [ModelState(a.name, adapter=True, source=a.source) for a in config.adapters]
+        self.states = {s.name: s for s in (base, *adapters)}
+        self._lock = asyncio.Lock()
 
     @property
     def base_name(self) -> str:
@@ -123,154 +86,136 @@ class Engine:
         return [a.name for a in self.config.adapters]
 
     @property
-    def ready(self) -> bool:
-        return self.loaded >= {self.base_name, *self.adapter_names}
+    def loaded(self) -> set[str]:
+        return {name for name, state in self.states.items() if state.loaded}
 
-    def device(self) -> str:
-        if self.config.device != "auto":
-            return self.config.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    @property
+    def ready(self) -> bool:
+        return all(state.loaded for state in self.states.values())
 
     def load(self) -> None:
-        """Load the base model, then every adapter (blocking: run it in a thread)."""
-        path = self.config.base_model_path
-        log.info("loading %s from %s", self.base_name, path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[self.config.dtype])
-        model.to(self.device())
-        model.eval()
-        self.loaded.add(self.base_name)
-        for i, adapter in enumerate(self.config.adapters):
-            from peft import PeftModel
+        """Load the base model, then every adapter; failures are kept in `states`."""
+        log.info("loading %s from %s", self.base_name, self.config.base_model_path)
+        try:
+            model, tokenizer = load_models(self.config, self.states)
+        except LoadError as err:
+            log.error("%s", err)
+            return
+        except Exception as err:  # a bug, or torch failing: shown by /readyz, not a crash
+            log.exception("loading failed")
+            for state in self.states.values():
+                state.loaded, state.error = False, state.error or f"loading failed: {err}"
+            return
+        self.model, self.tokenizer = model, tokenizer
+        log.info("loaded: %s", ", ".join(sorted(self.loaded)))
 
-            log.info("loading adapter %s from %s", adapter.name, adapter.path)
-            if i == 0:
-                model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
-            else:
-                model.load_adapter(adapter.path, adapter_name=adapter.name)
-            model.eval()
-            self.loaded.add(adapter.name)
-        self.model = model
+    def require(self, name: str) -> None:
+        """Raise UnknownModel or NotLoaded unless `name` can answer now."""
+        state = self.states.get(name)
+        if state is None:
+            raise UnknownModel(name)
+        if not state.loaded or self.model is None:
+            why = f": {state.error}" if state.error else " (still loading)"
+            raise NotLoaded(f"the model '{name}' is not loaded{why}")
 
     @contextlib.contextmanager
     def _selected(self, name: str) -> Iterator[None]:
         """Make `name` (the base or an adapter) the model that answers."""
-        if name == self.base_name:
-            if self.adapter_names:
-                with self.model.disable_adapter():
-                    yield
-            else:
-                yield
-        elif name in self.adapter_names:
+        if name != self.base_name:
             self.model.set_adapter(name)
             yield
+        elif any(self.states[a].loaded for a in self.adapter_names):
+            with self.model.disable_adapter():
+                yield
         else:
-            raise UnknownModel(name)
+            yield
 
-    def _check(self, name: str) -> None:
-        if name != self.base_name and name not in self.adapter_names:
-            raise UnknownModel(name)
+    def _limit(self, sampling: Sampling) -> int:
+        return min(sampling.max_tokens, self.config.max_new_tokens)
 
-    def _inputs(self, messages: list[Message]) -> dict[str, torch.Tensor]:
-        prompt = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        return {k: v.to(self.model.device) for k, v in encoded.items()}
-
-    def _generate_kwargs(self, sampling: Sampling) -> dict[str, Any]:
-        max_tokens = min(sampling.max_tokens, self.config.max_new_tokens)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens}
+    def _generate_kwargs(self, sampling: Sampling, tokens: TokenStream) -> dict[str, Any]:
+        limit = self._limit(sampling)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": limit,
+            "streamer": tokens,
+            "stopping_criteria": StoppingCriteriaList([Cancelled(tokens)]),
+        }
         if sampling.temperature <= 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(
                 do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
             )
-        if sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = limit
         if self.tokenizer.pad_token_id is None:
             kwargs["pad_token_id"] = self.tokenizer.eos_token_id
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         return kwargs
 
-    def _finish_reason(self, generated: int, last: int | None, sampling: Sampling) -> str:
-        limit = min(sampling.max_tokens, self.config.max_new_tokens)
+    def _finish_reason(self, tokens: TokenStream, sampling: Sampling) -> str:
+        if tokens.stopped:
+            return "stop"
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos])
-        return "length" if generated >= limit and last not in eos_ids else "stop"
+        ran_out = len(tokens.ids) >= self._limit(sampling)
+        return "length" if ran_out and tokens.last_token not in eos_ids else "stop"
 
-    def _generate(self, model: str, messages: list[Message], sampling: Sampling) -> Completion:
-        inputs = self._inputs(messages)
-        prompt_len = int(inputs["input_ids"].shape[-1])
+    def _run(
+        self, model: str, messages: list[Message], sampling: Sampling, tokens: TokenStream
+    ) -> Completion:
+        """One generation, in a worker thread."""
+        prompt = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
+        done = Completion(prompt_tokens=int(inputs["input_ids"].shape[-1]))
+        done.started = time.monotonic()
         with self._selected(model), torch.inference_mode():
-            output = self.model.generate(**inputs, **self._generate_kwargs(sampling))
-        new = output[0, prompt_len:].tolist()
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, sampling.stop)
-        last = new[-1] if new else None
-        reason = "stop" if stopped else self._finish_reason(len(new), last, sampling)
-        return Completion(text, prompt_len, len(new), reason)
+            self.model.generate(**inputs, **self._generate_kwargs(sampling, tokens))
+        done.finished = time.monotonic()
+        done.text = tokens.final_text()
+        done.completion_tokens = len(tokens.ids)
+        done.first_token = tokens.first_token_at
+        done.finish_reason = self._finish_reason(tokens, sampling)
+        return done
 
     async def complete(self, model: str, messages: list[Message], sampling: Sampling) -> Completion:
-        self._check(model)
+        self.require(model)
+        tokens = TokenStream(self.tokenizer, sampling.stop)
         async with self._lock:
-            return await asyncio.to_thread(self._generate, model, messages, sampling)
+            return await asyncio.to_thread(self._run, model, messages, sampling, tokens)
 
     async def stream(
         self, model: str, messages: list[Message], sampling: Sampling, usage: Completion
     ) -> AsyncGenerator[str, None]:
-        """Yield the completion's text piece by piece; fills `usage` in as it goes."""
-        self._check(model)
-        async with self._lock:
-            inputs = self._inputs(messages)
-            usage.prompt_tokens = int(inputs["input_ids"].shape[-1])
-            streamer = _CountingStreamer(self.tokenizer)
-            kwargs = self._generate_kwargs(sampling)
-            cancel = threading.Event()
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancel)])
-            failure: list[BaseException] = []
+        """Yield the completion's text piece by piece; `usage` is filled in at the end.
+        Close the generator (`contextlib.aclosing`) to stop generating early."""
+        self.require(model)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
-            def work() -> None:
-                try:
-                    with self._selected(model), torch.inference_mode():
-                        self.model.generate(**inputs, **kwargs, streamer=streamer)
-                except BaseException as err:  # surfaced to the caller below
-                    failure.append(err)
-                    streamer.end()  # type: ignore[no-untyped-call]
+        def sink(piece: str | None) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-            thread = threading.Thread(target=work, daemon=True)
-            thread.start()
-            pending, sent, stopped = "", 0, False
+        tokens = TokenStream(self.tokenizer, sampling.stop, sink)
+
+        def work() -> Completion:
             try:
-                while True:
-                    piece = await asyncio.to_thread(next, streamer, None)
-                    if piece is None:
-                        break
-                    pending += piece
-                    pending, stopped = cut_at_stop(pending, sampling.stop)
-                    upto = (
-                        len(pending)
-                        if stopped
-                        else len(pending) - held_back(pending, sampling.stop)
-                    )
-                    if upto > sent:
-                        yield pending[sent:upto]
-                        sent = upto
-                    if stopped:
-                        break
-                if not stopped and len(pending) > sent:
-                    yield pending[sent:]
+                return self._run(model, messages, sampling, tokens)
             finally:
-                cancel.set()
-                await asyncio.to_thread(thread.join)
-            if failure:
-                raise failure[0]
-            usage.text = pending
-            usage.completion_tokens = streamer.generated
-            usage.finish_reason = (
-                "stop"
-                if stopped
-                else self._finish_reason(streamer.generated, streamer.last_token, sampling)
-            )
+                sink(None)
+
+        async with self._lock:
+            future = loop.run_in_executor(None, work)
+            try:
+                while (piece := await pieces.get()) is not None:
+                    yield piece
+                done = await future
+            finally:
+                tokens.cancelled.set()
+                with contextlib.suppress(Exception):
+                    await future
+        vars(usage).update(vars(done))

@@ -1,22 +1,21 @@
-"""Retrieval-augmented generation: ground the answer in a knowledge base's closest chunks."""
+"""Retrieval-augmented generation: the chunks closest to the question go, numbered, into the
+system prompt, and the answer can cite them by those numbers."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from phiops_workload.serving import RetrievalConfig
+from phiops_workload.serving import CONTEXT_PLACEHOLDER, ServeConfig
 
 from phiops_serve.engine import Message
-
-log = logging.getLogger(__name__)
+from phiops_serve.knowledge import KnowledgeBase
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-CONTEXT_HEADER = (
-    "Answer using the context below where it is relevant. "
-    "If the context does not contain the answer, say so.\n\nContext:\n"
+DEFAULT_CONTEXT_TEMPLATE = (
+    "Answer using the context below where it is relevant; cite it by its [number]. "
+    "If the context does not contain the answer, say so.\n\nContext:\n" + CONTEXT_PLACEHOLDER
 )
 
 
@@ -24,64 +23,86 @@ class Chunk(Protocol):
     """A retrieved chunk (`phiops_embed.retrieval.Hit` is one)."""
 
     @property
+    def doc_id(self) -> str: ...
+    @property
     def source(self) -> str: ...
     @property
+    def heading(self) -> str: ...
+    @property
+    def chunk_index(self) -> int: ...
+    @property
     def text(self) -> str: ...
+    @property
+    def score(self) -> float: ...
 
 
-class Searcher(Protocol):
-    """What the augmenter needs of `phiops_embed.retrieval.Retriever`."""
-
-    def search(
-        self,
-        question: str,
-        top_k: int = ...,
-        hybrid: bool = ...,
-        score_threshold: float | None = ...,
-    ) -> Sequence[Chunk]: ...
+def numbered(hits: Sequence[Chunk]) -> str:
+    """The chunks as the model sees them: `[n] doc_id (heading)` then the text."""
+    blocks = []
+    for index, hit in enumerate(hits, 1):
+        title = f"{hit.doc_id} ({hit.heading})" if hit.heading else hit.doc_id
+        blocks.append(f"[{index}] {title}\n{hit.text}")
+    return "\n\n".join(blocks)
 
 
-def open_retriever(config: RetrievalConfig) -> Searcher:
-    """Connect to the knowledge base (blocking: loads the embedding model)."""
-    from phiops_embed.retrieval import Retriever
-
-    if config.model is None:
-        retriever = Retriever(config.uri, config.collection)
-    else:
-        retriever = Retriever(config.uri, config.collection, config.model)
-    return retriever
+def system_with_context(system: str | None, template: str | None, hits: Sequence[Chunk]) -> str:
+    """The system prompt followed by the template, its `{context}` replaced by the chunks
+    (a plain replace: templates may hold other braces)."""
+    context = (template or DEFAULT_CONTEXT_TEMPLATE).replace(CONTEXT_PLACEHOLDER, numbered(hits))
+    return f"{system or DEFAULT_SYSTEM_PROMPT}\n\n{context}"
 
 
-def context_prompt(system_prompt: str | None, hits: Sequence[Chunk]) -> str:
-    chunks = "\n\n".join(f"[{i}] ({hit.source})\n{hit.text}" for i, hit in enumerate(hits, 1))
-    return f"{system_prompt or DEFAULT_SYSTEM_PROMPT}\n\n{CONTEXT_HEADER}{chunks}"
+def grounded_messages(
+    messages: list[Message],
+    hits: Sequence[Chunk],
+    system_prompt: str | None,
+    template: str | None,
+) -> list[Message]:
+    """`messages` with the system prompt set: the caller's own system message wins over the
+    configured one; the context follows it when there are hits."""
+    system, rest = system_prompt, messages
+    if messages and messages[0]["role"] == "system":
+        system, rest = messages[0]["content"], messages[1:]
+    if hits:
+        system = system_with_context(system, template, hits)
+    return [{"role": "system", "content": system}, *rest] if system else list(rest)
+
+
+def citations(hits: Sequence[Chunk]) -> list[dict[str, Any]]:
+    """What the answer may cite; `index` is the chunk's [n] in the prompt."""
+    return [
+        {
+            "index": index,
+            "source": hit.source,
+            "doc_id": hit.doc_id,
+            "heading": hit.heading,
+            "chunk_index": hit.chunk_index,
+            "score": hit.score,
+        }
+        for index, hit in enumerate(hits, 1)
+    ]
+
+
+@dataclass
+class Grounding:
+    messages: list[Message]
+    citations: list[dict[str, Any]] | None
+    """None when the answer carries no citations (no retrieval, or citations off)."""
 
 
 class Augmenter:
-    """Puts the chunks closest to the last user message into the system prompt."""
+    """Prepares a chat's messages: retrieval when configured, and the system prompt."""
 
-    def __init__(
-        self, searcher: Searcher, config: RetrievalConfig, system_prompt: str | None
-    ) -> None:
-        self.searcher = searcher
+    def __init__(self, config: ServeConfig, knowledge: KnowledgeBase | None) -> None:
         self.config = config
-        self.system_prompt = system_prompt
+        self.knowledge = knowledge
 
-    async def augment(self, messages: list[Message]) -> list[Message]:
+    async def prepare(self, messages: list[Message]) -> Grounding:
+        """Raises KnowledgeUnavailable when retrieval is configured but cannot answer."""
+        system, template = self.config.system_prompt, self.config.context_template
+        if self.knowledge is None:
+            return Grounding(grounded_messages(messages, [], system, template), None)
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        hits: Sequence[Chunk] = []
-        if question:
-            hits = await asyncio.to_thread(
-                self.searcher.search,
-                question,
-                self.config.top_k,
-                False,
-                self.config.score_threshold,
-            )
-        rest = messages
-        system = self.system_prompt
-        if messages and messages[0]["role"] == "system":
-            system, rest = messages[0]["content"], messages[1:]
-        if not hits:
-            return [{"role": "system", "content": system}, *rest] if system else list(rest)
-        return [{"role": "system", "content": context_prompt(system, hits)}, *rest]
+        hits = await self.knowledge.search(question) if question.strip() else []
+        cited = citations(hits) if self.knowledge.config.citations else None
+        return Grounding(grounded_messages(messages, hits, system, template), cited)

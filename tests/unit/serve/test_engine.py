@@ -27,3 +27,18 @@ async def test_an_abandoned_stream_stops_generating(serve_config: ServeConfig) -
     done = await engine.complete(BASE, MESSAGES, Sampling(max_tokens=3, temperature=0))
     assert done.completion_tokens == 3
     assert done.finish_reason == "length"
+
+
+async def test_streamed_pieces_add_up_to_the_whole_text(serve_config: ServeConfig) -> None:
+    engine = Engine(serve_config.model_copy(update={"max_new_tokens": 200}))
+    engine.load()
+    sampling = Sampling(max_tokens=200, temperature=0, ignore_eos=True)
+    whole = await engine.complete(ADAPTER, MESSAGES, sampling)
+    assert (whole.completion_tokens, whole.finish_reason) == (200, "length")
+    assert whole.started < (whole.first_token or 0) < whole.finished
+    usage = Completion()
+    pieces = [piece async for piece in engine.stream(ADAPTER, MESSAGES, sampling, usage)]
+    assert "".join(pieces) == whole.text == usage.text
+    assert usage.completion_tokens == 200
+    # Text leaves as tokens decode, not held back to word boundaries.
+    assert len(pieces) > 100, len(pieces)

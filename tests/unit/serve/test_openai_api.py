@@ -11,7 +11,7 @@ from openai import OpenAI
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from .conftest import ADAPTER, BASE
+from .conftest import ADAPTER, BASE, client_for
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the return window?"}
@@ -20,7 +20,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 @pytest.fixture(scope="module")
 def client(server: str) -> OpenAI:
-    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+    return client_for(server)
 
 
 def _complete(

@@ -8,10 +8,18 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from phiops_serve.app import ApiError, create_app, parse_request
-from phiops_serve.engine import Engine, cut_at_stop, held_back
-from phiops_serve.rag import CONTEXT_HEADER, Augmenter
-from phiops_workload.serving import RetrievalConfig, ServeConfig
+from phiops_embed.retrieval import Hit
+from phiops_serve.app import create_app
+from phiops_serve.errors import ApiError
+from phiops_serve.rag import (
+    DEFAULT_CONTEXT_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    citations,
+    grounded_messages,
+)
+from phiops_serve.tokens import cut_at_stop, held_back
+from phiops_serve.validation import parse_request, parse_retrieve
+from phiops_workload.serving import ServeConfig
 from pydantic import ValidationError
 
 CONFIG = {
@@ -86,6 +94,33 @@ def test_request_rejects(change: dict[str, Any], param: str) -> None:
     assert caught.value.param == param
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "query"),
+        ({"query": "  "}, "query"),
+        ({"query": "q", "top_k": 0}, "top_k"),
+        ({"query": "q", "top_k": "3"}, "top_k"),
+        ({"query": "q", "top_k": True}, "top_k"),
+        ({"query": "q", "score_threshold": "high"}, "score_threshold"),
+        ({"query": "q", "hybrid": "yes"}, "hybrid"),
+        ({"query": "q", "limit": 3}, "limit"),
+    ],
+)
+def test_retrieve_rejects(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_retrieve(body)
+    assert caught.value.status == 400
+    assert caught.value.param == param
+
+
+def test_request_ignore_eos_and_retrieve_defaults() -> None:
+    body = {"model": "m", "messages": USER, "ignore_eos": True}
+    assert parse_request(body, 64)[2].ignore_eos
+    ask = parse_retrieve({"query": "tents?"})
+    assert (ask.top_k, ask.score_threshold, ask.hybrid) == (None, None, None)
+
+
 def test_stop_sequences() -> None:
     assert cut_at_stop("hello world", ("o w", "ld")) == ("hell", True)
     assert cut_at_stop("hello", ("xyz",)) == ("hello", False)
@@ -94,62 +129,80 @@ def test_stop_sequences() -> None:
     assert held_back("abc", ()) == 0
 
 
-class _Hit:
-    def __init__(self, source: str, text: str) -> None:
-        self.source, self.text = source, text
+def hit(doc_id: str, text: str, heading: str = "", score: float = 0.5) -> Hit:
+    return Hit(doc_id=doc_id, source="docs", heading=heading, chunk_index=0, text=text, score=score)
 
 
-class FakeSearcher:
-    def __init__(self, hits: list[_Hit]) -> None:
-        self.hits = hits
-        self.asked: list[tuple[str, int, bool, float | None]] = []
-
-    def search(
-        self,
-        question: str,
-        top_k: int = 5,
-        hybrid: bool = False,
-        score_threshold: float | None = None,
-    ) -> list[_Hit]:
-        self.asked.append((question, top_k, hybrid, score_threshold))
-        return self.hits[:top_k]
+HITS = [hit("docs/manual.md", "The jacket is waterproof.", "Jackets"), hit("docs/x.md", "y")]
 
 
-RETRIEVAL = RetrievalConfig(uri="memory", collection="kb", top_k=1, score_threshold=0.5)
-
-
-async def test_rag_puts_the_closest_chunks_in_the_system_prompt() -> None:
-    searcher = FakeSearcher([_Hit("manual.md", "The jacket is waterproof."), _Hit("x", "y")])
-    augmenter = Augmenter(searcher, RETRIEVAL, "You are a support expert.")
-    messages = await augmenter.augment(USER)
-    assert searcher.asked == [("Is it waterproof?", 1, False, 0.5)]
+def test_the_context_is_numbered_and_follows_the_system_prompt() -> None:
+    messages = grounded_messages(USER, HITS, "You are a support expert.", None)
     assert messages[1:] == USER
-    system = messages[0]
-    assert system["role"] == "system"
-    assert system["content"].startswith("You are a support expert.")
-    assert CONTEXT_HEADER in system["content"]
-    assert "[1] (manual.md)\nThe jacket is waterproof." in system["content"]
-    assert "[2]" not in system["content"]
+    assert messages[0]["role"] == "system"
+    expected_context = DEFAULT_CONTEXT_TEMPLATE.replace(
+        "{context}", "[1] docs/manual.md (Jackets)\nThe jacket is waterproof.\n\n[2] docs/x.md\ny"
+    )
+    assert messages[0]["content"] == f"You are a support expert.\n\n{expected_context}"
 
 
-async def test_rag_keeps_the_callers_system_prompt_and_works_without_hits() -> None:
-    augmenter = Augmenter(FakeSearcher([]), RETRIEVAL, "default")
+def test_the_context_template_takes_the_chunks_where_it_says() -> None:
+    template = "Sources {with braces}:\n{context}\n-- end"
+    messages = grounded_messages(USER, HITS[1:], None, template)
+    assert messages[0]["content"] == (
+        f"{DEFAULT_SYSTEM_PROMPT}\n\nSources {{with braces}}:\n[1] docs/x.md\ny\n-- end"
+    )
+
+
+def test_the_callers_system_prompt_wins_and_no_hits_adds_no_context() -> None:
     mine = [{"role": "system", "content": "Be brief."}, *USER]
-    assert await augmenter.augment(mine) == mine
-    assert await augmenter.augment(USER) == [{"role": "system", "content": "default"}, *USER]
-    with_hits = Augmenter(FakeSearcher([_Hit("s", "t")]), RETRIEVAL, "default")
-    answer = await with_hits.augment(mine)
-    assert answer[0]["content"].startswith("Be brief.")
+    assert grounded_messages(mine, [], "default", None) == mine
+    assert grounded_messages(USER, [], "default", None) == [
+        {"role": "system", "content": "default"},
+        *USER,
+    ]
+    assert grounded_messages(USER, [], None, None) == USER
+    answer = grounded_messages(mine, HITS, "default", None)
+    assert answer[0]["content"].startswith("Be brief.\n\n")
     assert answer[1:] == USER
 
 
+def test_citations_number_the_chunks_as_the_prompt_does() -> None:
+    assert citations(HITS) == [
+        {
+            "index": 1,
+            "source": "docs",
+            "doc_id": "docs/manual.md",
+            "heading": "Jackets",
+            "chunk_index": 0,
+            "score": 0.5,
+        },
+        {
+            "index": 2,
+            "source": "docs",
+            "doc_id": "docs/x.md",
+            "heading": "",
+            "chunk_index": 0,
+            "score": 0.5,
+        },
+    ]
+
+
 async def test_not_ready_until_loaded() -> None:
-    engine = Engine(ServeConfig.model_validate({**CONFIG, "retrieval": None}))
-    async with TestClient(TestServer(create_app(engine, load=False))) as client:
+    config = ServeConfig.model_validate({**CONFIG, "retrieval": None})
+    async with TestClient(TestServer(create_app(config, load=False))) as client:
         assert (await client.get("/healthz")).status == 200
         ready = await client.get("/readyz")
         assert ready.status == 503
-        assert (await ready.json())["ready"] is False
+        body = await ready.json()
+        assert body["ready"] is False
+        assert body["models"][0] == {
+            "name": "phi-3-mini",
+            "loaded": False,
+            "sha256": None,
+            "error": None,
+        }
+        assert body["retrieval"] is None
         models = await (await client.get("/v1/models")).json()
         assert [m["id"] for m in models["data"]] == ["phi-3-mini", "support"]
         assert models["data"][1]["parent"] == "phi-3-mini"

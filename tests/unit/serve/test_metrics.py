@@ -1,0 +1,141 @@
+"""/metrics: each request moves exactly its series; in-flight requests and the 429 limit."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import openai
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+from phiops_workload.serving import ServeConfig
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import (
+    ADAPTER,
+    BASE,
+    KnowledgeStore,
+    client_for,
+    retrieval_config,
+    running,
+    wait_ready,
+    wait_until,
+)
+
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Do tents leak?"}]
+CHAT = "/v1/chat/completions"
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Series:
+    """Every sample on /metrics: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"{url}/metrics") as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    return series.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def changed(before: Series, after: Series) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        key: after[key] - before.get(key, 0.0)
+        for key in after
+        if after[key] != before.get(key, 0.0) and not key[0].endswith("_created")
+    }
+
+
+def test_a_completion_moves_its_models_series(server: str) -> None:
+    before = scrape(server)
+    completion = client_for(server).chat.completions.create(
+        model=ADAPTER, messages=ASK, max_tokens=5, temperature=0
+    )
+    after = scrape(server)
+    assert completion.usage is not None
+    delta = changed(before, after)
+    m = (("model", ADAPTER),)
+    assert delta[("phiops_serve_requests_total", (("code", "200"), ("endpoint", CHAT), *m))] == 1
+    assert delta[("phiops_serve_prompt_tokens_total", m)] == completion.usage.prompt_tokens
+    assert delta[("phiops_serve_generated_tokens_total", m)] == completion.usage.completion_tokens
+    for histogram in (
+        "phiops_serve_request_duration_seconds",
+        "phiops_serve_time_to_first_token_seconds",
+        "phiops_serve_generation_tokens_per_second",
+    ):
+        assert delta[(f"{histogram}_count", m)] == 1
+        assert delta[(f"{histogram}_sum", m)] > 0
+    # Nothing of the base model's moved, and nothing is left in flight.
+    assert not [key for key in delta if ("model", BASE) in key[1]]
+    assert value(after, "phiops_serve_requests_in_flight") == 0
+    assert value(after, "phiops_serve_model_loaded", model=BASE) == 1
+    assert value(after, "phiops_serve_model_loaded", model=ADAPTER) == 1
+
+
+def test_errors_are_counted_with_their_code_and_no_model(server: str) -> None:
+    before = scrape(server)
+    with pytest.raises(openai.NotFoundError):
+        client_for(server).chat.completions.create(model="nope", messages=ASK)
+    delta = changed(before, scrape(server))
+    labels = (("code", "404"), ("endpoint", CHAT), ("model", ""))
+    assert delta == {("phiops_serve_requests_total", labels): 1}
+
+
+def test_retrieval_is_timed(serve_config: ServeConfig, knowledge_store: KnowledgeStore) -> None:
+    config = serve_config.model_copy(update={"retrieval": retrieval_config(knowledge_store)})
+    with running(config) as url:
+        wait_ready(url)
+        client = client_for(url)
+        before = scrape(url)
+        client.post("/retrieve", body={"query": "warranty"}, cast_to=object)
+        client.chat.completions.create(model=BASE, messages=ASK, max_tokens=1)
+        delta = changed(before, scrape(url))
+    assert delta[("phiops_serve_retrieval_duration_seconds_count", ())] == 2
+    retrieve = (("code", "200"), ("endpoint", "/v1/retrieve"), ("model", ""))
+    assert delta[("phiops_serve_requests_total", retrieve)] == 1
+
+
+@pytest.fixture(scope="module")
+def limited(serve_config: ServeConfig) -> Iterator[OpenAI]:
+    """A server admitting one request at a time, that can generate for a long while."""
+    config = serve_config.model_copy(update={"max_concurrent_requests": 1, "max_new_tokens": 5000})
+    with running(config) as url:
+        wait_ready(url)
+        yield client_for(url)
+
+
+def test_requests_beyond_the_limit_get_429_and_in_flight_counts(limited: OpenAI) -> None:
+    url = str(limited.base_url).removesuffix("/v1/")
+    stream = limited.chat.completions.create(
+        model=BASE,
+        messages=ASK,
+        max_tokens=5000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    try:
+        next(iter(stream))  # admitted and generating
+        assert value(scrape(url), "phiops_serve_requests_in_flight") == 1
+        with pytest.raises(openai.RateLimitError) as caught:
+            limited.chat.completions.create(model=ADAPTER, messages=ASK, max_tokens=1)
+        assert caught.value.status_code == 429
+        assert caught.value.code == "rate_limit_exceeded"
+        body = caught.value.body
+        assert isinstance(body, dict) and body["type"] == "requests"
+        # Listing models holds no model: always let in.
+        assert [m.id for m in limited.models.list().data] == [BASE, ADAPTER]
+    finally:
+        stream.close()
+    # The client left: generation stops and the slot frees up.
+    wait_until(lambda: value(scrape(url), "phiops_serve_requests_in_flight") == 0, 30)
+    completion = limited.chat.completions.create(model=ADAPTER, messages=ASK, max_tokens=1)
+    assert completion.usage is not None and completion.usage.completion_tokens == 1
+    # Refused before the body is read: no model label.
+    labels = {"model": "", "endpoint": CHAT, "code": "429"}
+    assert value(scrape(url), "phiops_serve_requests_total", **labels) == 1

@@ -1,0 +1,180 @@
+"""Answers grounded in a real knowledge base (milvus-lite + all-MiniLM-L6-v2): citations,
+/v1/retrieve, and the retrieval settings of serve.json, all through the `openai` client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+from phiops_workload.serving import ServeConfig
+from transformers import AutoTokenizer
+
+from .conftest import (
+    ADAPTER,
+    BASE,
+    KnowledgeStore,
+    TinyModels,
+    client_for,
+    retrieval_config,
+    running,
+    wait_ready,
+)
+
+SYSTEM = "You are the Acme support assistant."
+TEMPLATE = "Sources:\n{context}\nEnd of sources."
+SHIPPING = "docs/policies/shipping.md"
+QUESTION = "Which carrier delivers heavy parcels and tents?"
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
+CITATION_KEYS = {"index", "source", "doc_id", "heading", "chunk_index", "score"}
+# Reciprocal-rank fusion of two rankings scores at most 2/(60+1): hybrid hits are that small.
+RRF_MAX = 2 / 61
+
+
+@pytest.fixture(scope="module")
+def rag_url(
+    serve_config: ServeConfig, knowledge_store: KnowledgeStore, tmp_path_factory: Any
+) -> Iterator[str]:
+    token = Path(tmp_path_factory.mktemp("secret")) / "token"
+    token.write_text("root:Milvus\n")  # milvus-lite has no auth: proves the file is read
+    retrieval = retrieval_config(knowledge_store, hybrid=True, token_file=str(token))
+    config = serve_config.model_copy(
+        update={"retrieval": retrieval, "system_prompt": SYSTEM, "context_template": TEMPLATE}
+    )
+    with running(config) as url:
+        wait_ready(url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def rag(rag_url: str) -> OpenAI:
+    return client_for(rag_url)
+
+
+def retrieve(client: OpenAI, **body: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = client.post("/retrieve", body=body, cast_to=object)
+    return answer
+
+
+def test_a_completion_cites_the_document_that_answers(rag: OpenAI) -> None:
+    completion = rag.chat.completions.create(model=ADAPTER, messages=ASK, max_tokens=4)
+    cited = (completion.model_extra or {})["citations"]
+    assert cited[0]["doc_id"] == SHIPPING
+    assert [c["index"] for c in cited] == list(range(1, len(cited) + 1))
+    assert 1 <= len(cited) <= 3  # retrieval.top_k
+    assert all(set(c) == CITATION_KEYS for c in cited)
+    assert cited[0]["source"] == "docs" and cited[0]["heading"]
+    # The same chunks as /v1/retrieve finds, in the same order.
+    found = retrieve(rag, query=QUESTION)["data"]
+    assert [(c["doc_id"], c["chunk_index"]) for c in cited] == [
+        (h["doc_id"], h["chunk_index"]) for h in found
+    ]
+
+
+def test_the_first_streamed_chunk_carries_the_citations(rag: OpenAI) -> None:
+    whole = rag.chat.completions.create(model=BASE, messages=ASK, max_tokens=4, temperature=0)
+    chunks = list(
+        rag.chat.completions.create(
+            model=BASE, messages=ASK, max_tokens=4, temperature=0, stream=True
+        )
+    )
+    first = (chunks[0].model_extra or {}).get("citations")
+    assert first == (whole.model_extra or {})["citations"]
+    assert first[0]["doc_id"] == SHIPPING
+    assert all("citations" not in (c.model_extra or {}) for c in chunks[1:])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+
+
+def test_retrieve_returns_the_closest_chunks(rag: OpenAI) -> None:
+    answer = retrieve(rag, query=QUESTION)
+    assert answer["object"] == "list"
+    assert answer["collection"]
+    hits = answer["data"]
+    assert hits[0]["doc_id"] == SHIPPING
+    assert "DHL Express" in hits[0]["text"]
+    assert set(hits[0]) == {"source", "doc_id", "heading", "chunk_index", "text", "score"}
+    assert len(hits) == 3  # retrieval.top_k
+    assert all(0 < h["score"] <= RRF_MAX for h in hits)  # retrieval.hybrid: fused ranks
+
+
+def test_retrieve_parameters_override_the_configuration(rag: OpenAI) -> None:
+    assert len(retrieve(rag, query=QUESTION, top_k=1)["data"]) == 1
+    dense = retrieve(rag, query=QUESTION, hybrid=False, top_k=5)["data"]
+    assert dense[0]["doc_id"] == SHIPPING
+    assert dense[0]["score"] > RRF_MAX  # cosine similarity, not a fused rank
+    scores = [h["score"] for h in dense]
+    assert scores == sorted(scores, reverse=True)
+    threshold = (scores[0] + scores[1]) / 2
+    kept = retrieve(rag, query=QUESTION, hybrid=False, top_k=5, score_threshold=threshold)
+    assert [h["score"] for h in kept["data"]] == scores[:1]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"top_k": 0}, "top_k"), ({"query": ""}, "query"), ({"hybrid": "yes"}, "hybrid")],
+)
+def test_retrieve_refuses_bad_input_naming_it(
+    rag: OpenAI, body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        retrieve(rag, **{"query": QUESTION, **body})
+    assert caught.value.param == param
+
+
+def test_retrieve_without_a_knowledge_base_is_404(server: str) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        retrieve(client_for(server), query=QUESTION)
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert set(body) == {"message", "type", "param", "code"}
+    assert "knowledge base" in body["message"]
+
+
+def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
+    rag: OpenAI, tiny_models: TinyModels
+) -> None:
+    hits = retrieve(rag, query=QUESTION)["data"]
+    context = "\n\n".join(
+        f"[{i}] {h['doc_id']} ({h['heading']})\n{h['text']}" for i, h in enumerate(hits, 1)
+    )
+    system = f"{SYSTEM}\n\nSources:\n{context}\nEnd of sources."
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": QUESTION}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    expected = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    completion = rag.chat.completions.create(model=BASE, messages=ASK, max_tokens=1)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == expected
+    # The caller's own system message replaces the configured one; the context stays.
+    mine: list[ChatCompletionMessageParam] = [{"role": "system", "content": "Be brief."}, *ASK]
+    own = rag.chat.completions.create(model=BASE, messages=mine, max_tokens=1)
+    assert own.usage is not None
+    shorter = len(tokenizer(SYSTEM)["input_ids"]) - len(tokenizer("Be brief.")["input_ids"])
+    assert own.usage.prompt_tokens == expected - shorter
+
+
+def test_without_citations_the_field_is_absent(
+    serve_config: ServeConfig, knowledge_store: KnowledgeStore
+) -> None:
+    retrieval = retrieval_config(knowledge_store, citations=False, top_k=2)
+    with running(serve_config.model_copy(update={"retrieval": retrieval})) as url:
+        wait_ready(url)
+        client = client_for(url)
+        completion = client.chat.completions.create(model=BASE, messages=ASK, max_tokens=2)
+        assert "citations" not in (completion.model_extra or {})
+        assert completion.usage is not None and completion.usage.prompt_tokens > 100
+        chunks = list(
+            client.chat.completions.create(model=BASE, messages=ASK, max_tokens=2, stream=True)
+        )
+        assert all("citations" not in (c.model_extra or {}) for c in chunks)
+        # Dense search (hybrid off): cosine scores; retrieval still grounds the answer.
+        hits = retrieve(client, query=QUESTION)["data"]
+        assert len(hits) == 2 and hits[0]["score"] > RRF_MAX
