@@ -1,0 +1,214 @@
+"""The shipped alert rules: valid for promtool, unit-tested with `promtool test rules` (every
+alert fires on series that should fire it and stays silent on others), each with severity,
+summary, description and a runbook that exists; only metrics of the phiops contract; the
+dashboard's queries are valid PromQL over the same metrics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart import sync
+from tests.chart.tools import HERE, INSTALL_HINT, REPO, promtool_path, run
+
+RULES_TEST = HERE / "rules_test.yaml"
+ALERTS_DOC = REPO / "docs" / "operations" / "alerts.md"
+
+ALERTS = {
+    "PhiopsOperatorDown",
+    "PhiopsReconcileErrors",
+    "PhiopsKnowledgeBaseSyncFailing",
+    "PhiopsKnowledgeBaseStale",
+    "PhiopsFineTuneJobFailed",
+    "PhiopsFineTuneJobStuck",
+    "PhiopsDeploymentUnavailable",
+    "PhiopsInferenceLatencyHigh",
+}
+
+# The metrics contract (name -> type, labels): the operator's (operator/phiops_operator/
+# metrics.py) and the inference server's. Rules and dashboard use these and no other phiops_*.
+NS_NAME = ("namespace", "name")
+CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "phiops_reconcile_total": ("counter", ("kind", "result")),
+    "phiops_reconcile_duration_seconds": ("histogram", ("kind", "result")),
+    "phiops_resource_ready": ("gauge", ("kind", *NS_NAME)),
+    "phiops_knowledge_base_documents": ("gauge", NS_NAME),
+    "phiops_knowledge_base_chunks": ("gauge", NS_NAME),
+    "phiops_knowledge_base_last_successful_sync_timestamp_seconds": ("gauge", NS_NAME),
+    "phiops_knowledge_base_sync_duration_seconds": ("gauge", NS_NAME),
+    "phiops_knowledge_base_sync_failures_total": ("counter", (*NS_NAME, "reason")),
+    "phiops_knowledge_base_sync_interval_seconds": ("gauge", NS_NAME),
+    "phiops_fine_tune_job_phase": ("gauge", (*NS_NAME, "phase")),
+    "phiops_fine_tune_job_duration_seconds": ("gauge", NS_NAME),
+    "phiops_fine_tune_job_final_loss": ("gauge", NS_NAME),
+    "phiops_fine_tune_job_restarts": ("gauge", (*NS_NAME, "reason")),
+    "phiops_fine_tune_job_last_progress_timestamp_seconds": ("gauge", NS_NAME),
+    "phiops_deployment_replicas": ("gauge", NS_NAME),
+    "phiops_deployment_ready_replicas": ("gauge", NS_NAME),
+    "phiops_deployment_adapters": ("gauge", NS_NAME),
+    "phiops_deployment_adapters_loaded": ("gauge", NS_NAME),
+    "phiops_serve_requests_total": ("counter", ("model", "endpoint", "code")),
+    "phiops_serve_request_duration_seconds": ("histogram", ("model",)),
+    "phiops_serve_time_to_first_token_seconds": ("histogram", ("model",)),
+    "phiops_serve_model_loaded": ("gauge", ("model",)),
+}
+SERVER_METRICS = {m for m in CONTRACT if m.startswith("phiops_serve_")}
+
+
+def _promtool() -> str:
+    found = promtool_path()
+    if found is None:
+        pytest.skip(f"promtool is not installed: {INSTALL_HINT}")
+    return found
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(sync.ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_promtool_check_rules() -> None:
+    out = run([_promtool(), "check", "rules", str(sync.ALERTS)]).stdout
+    assert "SUCCESS" in out
+
+
+def test_promtool_unit_tests_pass() -> None:
+    proc = run([_promtool(), "test", "rules", str(RULES_TEST)], check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_the_promtool_tests_fail_when_an_alert_misbehaves(tmp_path: Path) -> None:
+    """The unit tests have teeth: with one rule that never fires, they fail."""
+    doc = yaml.safe_load(sync.ALERTS.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if rule["alert"] == "PhiopsFineTuneJobFailed":
+                rule["expr"] = 'phiops_fine_tune_job_phase{phase="Failed"} == 2'
+    broken = tmp_path / "alerts.yaml"
+    broken.write_text(yaml.safe_dump(doc))
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    tests["rule_files"] = [str(broken)]
+    test_file = tmp_path / "rules_test.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    proc = run([_promtool(), "test", "rules", str(test_file)], check=False)
+    assert proc.returncode != 0
+    assert "PhiopsFineTuneJobFailed" in proc.stdout + proc.stderr
+
+
+def test_every_alert_is_shipped_with_labels_and_annotations() -> None:
+    rules = _rules()
+    assert {r["alert"] for r in rules} == ALERTS
+    anchors = _doc_anchors()
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert annotations["summary"].strip() and annotations["description"].strip()
+        base, _, anchor = annotations["runbook_url"].partition("#")
+        assert base == "docs/operations/alerts.md", name
+        assert anchor == name.lower() and anchor in anchors, f"no runbook section for {name}"
+
+
+def _doc_anchors() -> set[str]:
+    """GitHub-style anchors of the headings of docs/operations/alerts.md."""
+    anchors = set()
+    for line in ALERTS_DOC.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_fires_and_stays_silent_in_the_unit_tests() -> None:
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    assert tests["rule_files"] == ["../../charts/phiops/files/alerts.yaml"]
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for group in tests["tests"]:
+        for case in group.get("alert_rule_test", []):
+            (fired if case["exp_alerts"] else silent).add(case["alertname"])
+            for alert in case["exp_alerts"]:
+                # the severity the rule gives, not just any
+                assert alert["exp_labels"]["severity"] in {"critical", "warning"}
+    assert fired == ALERTS, f"never seen firing: {sorted(ALERTS - fired)}"
+    assert silent == ALERTS, f"never seen silent: {sorted(ALERTS - silent)}"
+
+
+def _metric_names(expr: str) -> set[str]:
+    names = set(re.findall(r"\b(phiops_[a-z0-9_]+)", expr))
+    out = set()
+    for name in names:
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name.removesuffix(suffix)
+            if name.endswith(suffix) and base in CONTRACT and CONTRACT[base][0] == "histogram":
+                name = base
+        out.add(name)
+    return out
+
+
+def test_rules_use_only_contract_metrics() -> None:
+    used = set().union(*(_metric_names(r["expr"]) for r in _rules()))
+    assert used <= set(CONTRACT), f"not in the metrics contract: {sorted(used - set(CONTRACT))}"
+
+
+def test_operator_metrics_match_the_contract() -> None:
+    """Metrics the operator registers have the contract's names, types and labels; those it
+    does not register yet are named in a skip."""
+    from phiops_operator import metrics
+    from prometheus_client.metrics import MetricWrapperBase
+
+    registered: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            kind = str(value._type)
+            name = value._name + ("_total" if kind == "counter" else "")
+            registered[name] = (kind, tuple(value._labelnames))
+    assert "phiops_reconcile_total" in registered
+    for name, (kind, labels) in sorted(registered.items()):
+        if name in CONTRACT:
+            want_kind, want_labels = CONTRACT[name]
+            assert kind == want_kind, f"{name} is a {kind}, the contract says {want_kind}"
+            assert set(labels) == set(want_labels), f"{name} labels {labels} != {want_labels}"
+    missing = sorted(set(CONTRACT) - SERVER_METRICS - set(registered))
+    if missing:
+        pytest.skip(f"contract metrics the operator does not register yet: {missing}")
+
+
+def test_dashboard_queries_are_valid_promql_over_contract_metrics(tmp_path: Path) -> None:
+    board = sync.dashboard()
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    used = set().union(*(_metric_names(e) for e in exprs))
+    assert used <= set(CONTRACT)
+    # every figure of the contract has a panel
+    assert set(CONTRACT) <= used, f"no panel for {sorted(set(CONTRACT) - used)}"
+    # promtool parses recording rules: one per query, with Grafana's variables filled in
+    rules = [
+        {
+            "record": f"phiops:dashboard_query:{n}",
+            "expr": e.replace("$namespace", ".*").replace("$job", "phiops-operator"),
+        }
+        for n, e in enumerate(exprs)
+    ]
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert "SUCCESS" in run([_promtool(), "check", "rules", str(path)]).stdout
+
+
+def test_dashboard_shape() -> None:
+    board = sync.dashboard()
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    assert board["uid"] == "phiops-overview"
+    names = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "namespace"} <= names
+    for panel in board["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}"
+            assert panel["targets"] and panel["description"]
