@@ -180,6 +180,28 @@ def test_operator_metrics_match_the_contract() -> None:
         pytest.skip(f"contract metrics the operator does not register yet: {missing}")
 
 
+SERVER_METRICS_SOURCE = REPO / "images" / "serve" / "phiops_serve" / "metrics.py"
+METRIC_DEFINITION = re.compile(
+    r"(Counter|Gauge|Histogram)\(\s*\"(phiops_serve_\w+)\",\s*(?:\"[^\"]*\"\s*)+,\s*\[([^\]]*)\]"
+)
+
+
+def test_server_metrics_match_the_contract() -> None:
+    """The inference server defines the contract's phiops_serve_* metrics (read from its
+    source: importing it needs torch)."""
+    if not SERVER_METRICS_SOURCE.exists():
+        pytest.skip(f"{SERVER_METRICS_SOURCE.relative_to(REPO)} does not exist yet")
+    defined = {
+        name: (kind.lower(), tuple(re.findall(r"\"(\w+)\"", labels)))
+        for kind, name, labels in METRIC_DEFINITION.findall(SERVER_METRICS_SOURCE.read_text())
+    }
+    for name in sorted(SERVER_METRICS):
+        assert name in defined, f"the server does not define {name}"
+        kind, labels = defined[name]
+        assert kind == CONTRACT[name][0], f"{name} is a {kind}"
+        assert set(labels) == set(CONTRACT[name][1]), f"{name} labels {labels}"
+
+
 def test_dashboard_queries_are_valid_promql_over_contract_metrics(tmp_path: Path) -> None:
     board = sync.dashboard()
     exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
