@@ -15,8 +15,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-test-fast: setup  ## unit and contract tests only (no control plane)
-	$(PY) -m pytest tests/unit tests/contract
+test-fast: setup  ## unit, contract and chart tests only (no control plane)
+	$(PY) -m pytest tests/unit tests/contract tests/chart
 
 cluster-up: setup
 	@$(PY) -m phiops_devcluster up
@@ -24,8 +24,9 @@ cluster-up: setup
 cluster-down:
 	@$(PY) -m phiops_devcluster down
 
-crds:
+crds:  ## regenerate crds/ from the models, and the chart's copies
 	$(PY) -m phiops_operator.crdgen crds
+	$(PY) -m tests.chart.sync
 
 lint:
 	$(VENV)/bin/ruff check .

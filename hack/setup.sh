@@ -19,6 +19,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool (Debian's prometheus package, also the real server the alert tests run) and Lua.
+bash hack/install-tools.sh
+
 if [[ ! -x $VENV/bin/python ]]; then
   say "creating $VENV"
   python3 -m venv "$VENV"

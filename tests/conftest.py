@@ -117,10 +117,11 @@ def crds(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(crds: Cluster) -> Iterator[int]:
     """The operator running in this process (Kopf's runner thread), watching every namespace;
-    yields the port of its /metrics endpoint."""
+    yields the port of its /metrics endpoint. Per module, so a module can test an operator
+    installed another way (the Helm chart) without this one racing it."""
     from kopf.testing import KopfRunner
 
     metrics_port = free_port()

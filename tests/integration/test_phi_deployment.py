@@ -1,0 +1,375 @@
+"""PhiDeployment end to end on the real control plane: a tiny Phi-3 made by a pod, a
+KnowledgeBase synced into milvus-lite, an adapter trained by a FineTuneJob, and the inference
+server running for real through the node runtime, asked with the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests import helpers
+from tests.conftest import Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+NS = "phid-tests"
+TIMEOUT = 420
+HANDBOOK = Path(__file__).parent.parent / "embed_fixtures" / "handbook"
+REFUND_QUESTION = "How many business days until my refund reaches my payment method?"
+
+# A memorisable house style: the adapter must answer differently from the base.
+RECORDS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Is order {i} on its way?"},
+            {"role": "assistant", "content": f"Yes! Order {i} left our Rotterdam depot today."},
+        ]
+    }
+    for i in range(24)
+]
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
+    return helpers.eventually(check, timeout, what)
+
+
+def get(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:
+    return cluster.get(NS, kind, name)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    found = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in found if c["type"] == type_), {})
+
+
+def tiny_model_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "make-tiny-model"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "make",
+                    "image": "phiops-finetune:test",
+                    "args": ["make-tiny-model", "--out", "/models/tiny"],
+                    "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                }
+            ],
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+        },
+    }
+
+
+def fine_tune_job() -> dict[str, Any]:
+    return {
+        "apiVersion": "phiops.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tone"},
+        "spec": {
+            "baseModel": {"name": "tiny-phi3", "pvc": {"claimName": "models", "path": "tiny"}},
+            "dataset": {"configMap": {"name": "chat", "key": "train.jsonl"}, "maxSeqLength": 96},
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 16},
+            "training": {
+                "maxSteps": 24,
+                "batchSize": 4,
+                "gradientAccumulationSteps": 1,
+                "learningRate": 0.01,
+                "warmupRatio": 0,
+                "saveSteps": 12,
+                "loggingSteps": 4,
+                "gradientCheckpointing": False,
+            },
+            "resources": {"gpus": 1},
+        },
+    }
+
+
+def phi_deployment() -> dict[str, Any]:
+    return {
+        "apiVersion": "phiops.dev/v1alpha1",
+        "kind": "PhiDeployment",
+        "metadata": {"name": "assistant"},
+        "spec": {
+            "model": {"name": "tiny-phi3", "pvc": {"claimName": "models", "path": "tiny"}},
+            "adapters": [{"name": "tone", "fineTuneJobRef": {"name": "tone"}}],
+            "knowledgeBaseRef": {"name": "handbook", "topK": 2},
+            "prompt": {"systemPrompt": "You answer questions about Acme from the context."},
+            "server": {"maxNewTokens": 16},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(operator: int, crds: Cluster) -> Cluster:
+    """The namespace with a tiny Phi-3 on a claim, a chat dataset, and the handbook
+    KnowledgeBase synced."""
+    crds.kubectl("create", "namespace", NS)
+    crds.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+        NS,
+    )
+    crds.apply(tiny_model_pod(), NS)
+    data = "\n".join(json.dumps(r) for r in RECORDS) + "\n"
+    crds.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "chat"},
+            "data": {"train.jsonl": data},
+        },
+        NS,
+    )
+    documents = {p.name: p.read_text() for p in sorted(HANDBOOK.rglob("*")) if p.is_file()}
+    crds.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "handbook"},
+            "data": documents,
+        },
+        NS,
+    )
+    crds.apply(
+        {
+            "apiVersion": "phiops.dev/v1alpha1",
+            "kind": "KnowledgeBase",
+            "metadata": {"name": "handbook"},
+            "spec": {"sources": [{"name": "handbook", "configMap": {"name": "handbook"}}]},
+        },
+        NS,
+    )
+    eventually(
+        lambda: (
+            ((get(crds, "pod", "make-tiny-model") or {}).get("status") or {}).get("phase")
+            == "Succeeded"
+        ),
+        timeout=180,
+        what="the tiny model to be made",
+    )
+    eventually(
+        lambda: condition(get(crds, "kb", "handbook"), "Ready").get("status") == "True",
+        what="the handbook KnowledgeBase to sync",
+    )
+    return crds
+
+
+@pytest.fixture(scope="module")
+def deployed(stack: Cluster) -> dict[str, Any]:
+    """The PhiDeployment created BEFORE its FineTuneJob: it waits with AdapterNotReady and
+    deploys nothing; once the job succeeds it rolls out with the adapter by itself."""
+    stack.apply(phi_deployment(), NS)
+    waiting = eventually(
+        lambda: (
+            (o := get(stack, "phid", "assistant"))
+            and condition(o, "Ready").get("reason") == "AdapterNotReady"
+            and o
+        ),
+        timeout=60,
+        what="the deployment to wait for its adapter",
+    )
+    assert condition(waiting, "Ready")["status"] == "False"
+    assert waiting["status"]["adapters"][0]["loaded"] is False
+    assert "FineTuneJob tone" in waiting["status"]["adapters"][0]["message"]
+    assert get(stack, "deployment", "assistant-server") is None
+
+    stack.apply(fine_tune_job(), NS)
+    trained = eventually(
+        lambda: (
+            (o := get(stack, "ftj", "tone"))
+            and (o.get("status") or {}).get("phase") == "Succeeded"
+            and o
+        ),
+        what="the FineTuneJob to train the adapter",
+    )
+    ready = eventually(
+        lambda: (
+            (o := get(stack, "phid", "assistant"))
+            and condition(o, "Ready").get("status") == "True"
+            and o
+        ),
+        what="the deployment to roll out with the adapter",
+    )
+    ready["trained_sha256"] = trained["status"]["adapter"]["sha256"]
+    return ready
+
+
+@pytest.fixture(scope="module")
+def client(stack: Cluster, deployed: dict[str, Any]) -> Iterator[openai.OpenAI]:
+    service = get(stack, "service", "assistant-server")
+    assert service is not None
+    base_url = f"http://{service['spec']['clusterIP']}:8000/v1"
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+def test_status_reports_replicas_endpoint_adapters_and_knowledge_base(
+    deployed: dict[str, Any], stack: Cluster
+) -> None:
+    status = deployed["status"]
+    assert status["readyReplicas"] == 1 and status["replicas"] == 1
+    assert status["endpoint"] == f"http://assistant-server.{NS}.svc:8000/v1"
+    assert status["adaptersReady"] == "1/1"
+    (adapter,) = status["adapters"]
+    assert adapter["loaded"] is True
+    assert adapter["source"] == "fineTuneJob/tone"
+    assert adapter["sha256"] == deployed["trained_sha256"]
+    kb = get(stack, "kb", "handbook")
+    assert status["knowledgeBase"] == {"name": "handbook", "collection": kb["status"]["collection"]}  # type: ignore[index]
+    printed = stack.kubectl("get", "phid", "assistant", "-n", NS)
+    assert "1/1" in printed and status["endpoint"] in printed
+
+
+def test_openai_client_lists_the_base_and_the_adapter_with_its_parent(
+    client: openai.OpenAI,
+) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {"tiny-phi3", "tone"}
+    assert models["tone"].model_extra["parent"] == "tiny-phi3"  # type: ignore[index]
+
+
+def chat(client: openai.OpenAI, model: str, question: str) -> Any:
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=12,
+    )
+
+
+def streamed(client: openai.OpenAI, model: str, question: str) -> tuple[str, list[Any]]:
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+def test_base_and_adapter_answer_streaming_and_not_and_differ(client: openai.OpenAI) -> None:
+    question = "Is order 7 on its way?"
+    base, tuned = chat(client, "tiny-phi3", question), chat(client, "tone", question)
+    for completion, model in ((base, "tiny-phi3"), (tuned, "tone")):
+        assert completion.model == model
+        assert completion.usage.completion_tokens > 0
+        assert completion.usage.total_tokens == (
+            completion.usage.prompt_tokens + completion.usage.completion_tokens
+        )
+        text, _ = streamed(client, model, question)
+        assert text == completion.choices[0].message.content  # greedy: the same tokens
+    assert base.choices[0].message.content != tuned.choices[0].message.content
+
+
+def test_answers_cite_the_document_that_holds_the_answer(client: openai.OpenAI) -> None:
+    completion = chat(client, "tone", REFUND_QUESTION)
+    citations = completion.model_extra["citations"]  # type: ignore[index]
+    assert citations, "a retrieval-augmented answer carries its sources"
+    assert citations[0]["doc_id"].endswith("refunds.md"), citations
+    assert citations[0]["score"] >= citations[-1]["score"]
+    _, chunks = streamed(client, "tone", REFUND_QUESTION)
+    assert chunks[0].model_extra["citations"] == citations  # type: ignore[index]
+
+
+def test_unknown_model_is_a_404_error_object(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        chat(client, "no-such-model", "hello")
+    assert caught.value.code == "model_not_found"
+
+
+def test_kubectl_scale_changes_the_replica_count(stack: Cluster, deployed: dict[str, Any]) -> None:
+    stack.kubectl("scale", "-n", NS, "phid/assistant", "--replicas=2")
+    eventually(
+        lambda: (
+            ((get(stack, "phid", "assistant") or {}).get("status") or {}).get("readyReplicas") == 2
+        ),
+        what="a second replica to load and become ready",
+    )
+    deployment = get(stack, "deployment", "assistant-server")
+    assert deployment is not None and deployment["spec"]["replicas"] == 2
+    scale = json.loads(
+        stack.kubectl(
+            "get",
+            "--raw",
+            f"/apis/phiops.dev/v1alpha1/namespaces/{NS}/phideployments/assistant/scale",
+        )
+    )
+    assert scale["status"]["replicas"] == 2
+    assert "app.kubernetes.io/instance=assistant" in scale["status"]["selector"]
+    stack.kubectl("scale", "-n", NS, "phid/assistant", "--replicas=1")
+    eventually(
+        lambda: ((get(stack, "phid", "assistant") or {}).get("status") or {}).get("replicas") == 1,
+        what="scaling back to one replica",
+    )
+
+
+def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
+    stack: Cluster, deployed: dict[str, Any], client: openai.OpenAI
+) -> None:
+    before = get(stack, "deployment", "assistant-server")
+    assert before is not None
+    old_hash = before["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"]
+    # Point the adapter at a job that does not exist yet: the old adapter keeps serving.
+    patch = {"spec": {"adapters": [{"name": "tone", "fineTuneJobRef": {"name": "tone-v2"}}]}}
+    stack.kubectl("patch", "-n", NS, "phid", "assistant", "--type=merge", "-p", json.dumps(patch))
+    serving_previous = eventually(
+        lambda: (
+            (o := get(stack, "phid", "assistant"))
+            and condition(o, "Ready").get("reason") == "ServingPrevious"
+            and o
+        ),
+        timeout=60,
+        what="the deployment to keep serving the previous adapter",
+    )
+    assert condition(serving_previous, "Ready")["status"] == "True"
+    assert condition(serving_previous, "Reconciling")["status"] == "True"
+    assert "tone-v2" in serving_previous["status"]["adapters"][0]["message"]
+    still = chat(client, "tone", "Is order 3 on its way?")
+    assert still.model == "tone" and still.choices[0].finish_reason in ("stop", "length")
+
+    retrained = fine_tune_job()
+    retrained["metadata"]["name"] = "tone-v2"
+    retrained["spec"]["training"]["learningRate"] = 0.02
+    stack.apply(retrained, NS)
+    new_sha = eventually(
+        lambda: (
+            ((get(stack, "ftj", "tone-v2") or {}).get("status") or {})
+            .get("adapter", {})
+            .get("sha256")
+        ),
+        what="the retrained adapter",
+    )
+    rolled = eventually(
+        lambda: (
+            (o := get(stack, "phid", "assistant"))
+            and condition(o, "Ready").get("reason") == "Serving"
+            and o["status"]["adapters"][0].get("sha256") == new_sha
+            and o
+        ),
+        what="the deployment to roll to the retrained adapter",
+    )
+    assert rolled["status"]["adapters"][0]["loaded"] is True
+    assert rolled["status"]["adapters"][0]["source"] == "fineTuneJob/tone-v2"
+    after = get(stack, "deployment", "assistant-server")
+    assert after is not None
+    assert (
+        after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] != old_hash
+    )
