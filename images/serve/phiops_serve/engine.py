@@ -130,16 +130,21 @@ class Engine:
         else:
             yield
 
+    def _generator(self) -> Any:
+        """What to call generate() on. LoRA layers sit inside the base model and follow the
+        selected adapter, so the base generates for any of them, without PeftModel's
+        per-step wrapper (prompt-learning adapters, which need it, are refused at load)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if get_base is not None else self.model
+
     def _limit(self, sampling: Sampling) -> int:
         return min(sampling.max_tokens, self.config.max_new_tokens)
 
     def _generate_kwargs(self, sampling: Sampling, tokens: TokenStream) -> dict[str, Any]:
         limit = self._limit(sampling)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": limit,
-            "streamer": tokens,
-            "stopping_criteria": StoppingCriteriaList([Cancelled(tokens)]),
-        }
+        kwargs: dict[str, Any] = {"max_new_tokens": limit, "streamer": tokens}
+        if tokens.decoding:  # streamed or with stop sequences: it can be cut short
+            kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled(tokens)])
         if sampling.temperature <= 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -174,7 +179,7 @@ class Engine:
         done = Completion(prompt_tokens=int(inputs["input_ids"].shape[-1]))
         done.started = time.monotonic()
         with self._selected(model), torch.inference_mode():
-            self.model.generate(**inputs, **self._generate_kwargs(sampling, tokens))
+            self._generator().generate(**inputs, **self._generate_kwargs(sampling, tokens))
         done.finished = time.monotonic()
         done.text = tokens.final_text()
         done.completion_tokens = len(tokens.ids)

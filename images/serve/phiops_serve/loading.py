@@ -143,8 +143,14 @@ def _injected(model: Any) -> bool:
 def attach_adapter(model: Any, adapter: AdapterConfig) -> Any:
     """`model` with `adapter` added (a PeftModel from the first one on). Raises LoadError;
     a PeftModel is left serving what it served before."""
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
+    try:
+        kind = PeftConfig.from_pretrained(adapter.path)
+    except Exception as err:
+        raise LoadError(f"cannot load the adapter from {adapter.path!r}: {err}") from err
+    if kind.is_prompt_learning:  # the engine generates through the LoRA-injected base
+        raise LoadError(f"{adapter.path!r} is a {kind.peft_type} adapter; only LoRA is served")
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(adapter.path, adapter_name=adapter.name)
@@ -166,6 +172,8 @@ def load_models(config: ServeConfig, states: dict[str, ModelState]) -> tuple[Any
         model, tokenizer = load_base(config)
     except LoadError as err:
         base.error = str(err)
+        for adapter in config.adapters:
+            states[adapter.name].error = "not loaded: the base model did not load"
         raise
     base.loaded = True
     for adapter in config.adapters:

@@ -65,7 +65,7 @@ class TokenStream(BaseStreamer):
             return
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        self.ids.extend(value.reshape(-1).tolist())
         if self.decoding and not self.stopped:
             self._add(self._decode_new(final=False))
 

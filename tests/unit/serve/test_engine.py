@@ -1,13 +1,15 @@
-"""The engine directly: a stream the caller abandons frees the model at once."""
+"""The engine directly: abandoned streams, streamed pieces, and answers identical to peft's
+and transformers' own generate."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from phiops_serve.engine import Completion, Engine, Sampling
-from phiops_workload.serving import ServeConfig
+from phiops_workload.serving import AdapterConfig, ServeConfig
 
-from .conftest import ADAPTER, BASE
+from .conftest import ADAPTER, BASE, OTHER_ADAPTER, TinyModels
 
 MESSAGES = [{"role": "user", "content": "Tell me everything."}]
 
@@ -42,3 +44,37 @@ async def test_streamed_pieces_add_up_to_the_whole_text(serve_config: ServeConfi
     assert usage.completion_tokens == 200
     # Text leaves as tokens decode, not held back to word boundaries.
     assert len(pieces) > 100, len(pieces)
+
+
+async def test_answers_match_peft_and_transformers_generating_directly(
+    serve_config: ServeConfig, tiny_models: TinyModels
+) -> None:
+    """The engine generates through the LoRA-injected base, switching adapters per request;
+    the text must be what PeftModel.generate (and the plain model for the base) gives."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    other = AdapterConfig(name=OTHER_ADAPTER, path=str(tiny_models.other))
+    engine = Engine(serve_config.model_copy(update={"adapters": [*serve_config.adapters, other]}))
+    engine.load()
+    tokenizer = engine.tokenizer
+    prompt = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+
+    def reference(model: Any) -> str:
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        return str(
+            tokenizer.decode(out[0, inputs["input_ids"].shape[-1] :], skip_special_tokens=True)
+        )
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_models.base).eval()
+    expected = {BASE: reference(plain)}
+    for name, path in ((ADAPTER, tiny_models.adapter), (OTHER_ADAPTER, tiny_models.other)):
+        fresh = AutoModelForCausalLM.from_pretrained(tiny_models.base)
+        expected[name] = reference(PeftModel.from_pretrained(fresh, str(path)).eval())
+    assert len(set(expected.values())) == 3
+    greedy = Sampling(max_tokens=12, temperature=0)
+    for name in (OTHER_ADAPTER, BASE, ADAPTER, BASE, OTHER_ADAPTER, ADAPTER):
+        assert (await engine.complete(name, MESSAGES, greedy)).text == expected[name], name

@@ -13,6 +13,8 @@ from typing import Any
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from peft import PrefixTuningConfig
+from phiops_serve.engine import Engine
 from phiops_workload.serving import AdapterConfig, ServeConfig
 
 from tests.unit.embed.conftest import free_port
@@ -55,11 +57,14 @@ def test_bad_adapters_are_reported_and_the_others_serve(
     corrupt = shutil.copytree(tiny_models.adapter, tmp_path / "corrupt")
     (corrupt / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
     digest = sha256(tiny_models.adapter)
+    prefix = tmp_path / "prefix"
+    PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).save_pretrained(str(prefix))
     adapters = [
         # First, so that peft has already wrapped the base when it fails.
         AdapterConfig(name="corrupt", path=str(corrupt)),
         AdapterConfig(name=ADAPTER, path=str(tiny_models.adapter), sha256=digest),
         AdapterConfig(name="tampered", path=str(tiny_models.other), sha256=digest),
+        AdapterConfig(name="prefix", path=str(prefix)),
     ]
     with running(serve_config.model_copy(update={"adapters": adapters})) as url:
         state = wait_until(lambda: models(url)[ADAPTER]["loaded"] and models(url), 60)
@@ -72,6 +77,7 @@ def test_bad_adapters_are_reported_and_the_others_serve(
         assert not state["tampered"]["loaded"]
         assert state["tampered"]["sha256"] == sha256(tiny_models.other)
         assert f"expected {digest}" in state["tampered"]["error"]
+        assert "only LoRA is served" in state["prefix"]["error"]
         # The good adapter and the base answer exactly as on a server without the bad ones.
         assert answer(url, ADAPTER) == answer(server, ADAPTER)
         assert answer(url, BASE) == answer(server, BASE)
@@ -86,11 +92,20 @@ def test_nf4_without_a_gpu_fails_loading_with_a_clear_message(serve_config: Serv
     with running(config) as url:
         state = wait_until(lambda: models(url)[BASE]["error"] and models(url), 60)
         assert "nf4 needs a CUDA GPU" in state[BASE]["error"]
+        assert state[ADAPTER]["error"] == "not loaded: the base model did not load"
         assert not any(m["loaded"] for m in state.values())
         assert get_json(f"{url}/readyz")[0] == 503
         assert get_json(f"{url}/healthz")[0] == 200
         with pytest.raises(openai.InternalServerError):
             answer(url, BASE)
+
+
+def test_an_unreadable_hub_token_is_reported(serve_config: ServeConfig, tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-token")
+    engine = Engine(serve_config.model_copy(update={"hub_token_file": missing}))
+    engine.load()
+    assert not engine.ready
+    assert "cannot read the model hub token file" in (engine.states[BASE].error or "")
 
 
 def test_the_knowledge_base_is_retried_until_milvus_answers(
