@@ -316,6 +316,35 @@ def test_two_pods_mounting_one_claim_see_each_others_files(
         assert f"saw hi from {other}" in log_text(cluster, pod)
 
 
+def test_an_empty_dir_over_tmp_hides_neither_the_image_nor_other_mount_sources(
+    kube: Kube, cluster: Cluster
+) -> None:
+    # The cluster's state (mount sources, termination files) may live under /tmp on the host,
+    # as may this checkout and its Python: a pod with its own /tmp must still start and run.
+    script = "\n".join(
+        [
+            "import pathlib",
+            "pathlib.Path('/tmp/scratch').write_text('x')",
+            "pathlib.Path('/dev/termination-log').write_text('tmp is mine')",
+        ]
+    )
+    create_pod(
+        kube,
+        "own-tmp",
+        {
+            "restartPolicy": "Never",
+            "containers": [
+                python_container(script, volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}])
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    )
+    pod = wait_phase(kube, "own-tmp", "Succeeded", "Failed")
+    assert pod["status"]["phase"] == "Succeeded", log_text(cluster, pod)
+    assert container_status(pod)["state"]["terminated"]["message"] == "tmp is mine"
+    assert not Path("/tmp/scratch").exists()  # the pod's /tmp, not the host's
+
+
 def test_gpu_pods_need_the_toleration(kube: Kube, cluster: Cluster) -> None:
     gpu_container = python_container(
         "import os; print('gpus=' + os.environ.get('NVIDIA_VISIBLE_DEVICES', 'none'))",

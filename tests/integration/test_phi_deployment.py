@@ -5,6 +5,8 @@ server running for real through the node runtime, asked with the official `opena
 from __future__ import annotations
 
 import json
+import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ import openai
 import pytest
 
 from tests import helpers
-from tests.conftest import Cluster
+from tests.conftest import Cluster, free_port
+from tests.prometheus import api, running_prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 NS = "phid-tests"
 TIMEOUT = 420
 HANDBOOK = Path(__file__).parent.parent / "embed_fixtures" / "handbook"
+ALERTS = Path(__file__).parents[2] / "charts" / "phiops" / "files" / "alerts.yaml"
 REFUND_QUESTION = "How many business days until my refund reaches my payment method?"
 
 # A memorisable house style: the adapter must answer differently from the base.
@@ -373,3 +377,88 @@ def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
     assert (
         after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] != old_hash
     )
+
+
+def metrics_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def server_pod_ip(cluster: Cluster) -> str:
+    out = cluster.kubectl(
+        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=assistant", "-o", "json"
+    )
+    ready = [
+        p
+        for p in json.loads(out)["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+    ]
+    assert ready, "no ready server pod"
+    return str(ready[0]["status"]["podIP"])
+
+
+def test_prometheus_scrapes_operator_and_server_and_a_failed_job_fires_its_alert(
+    stack: Cluster,
+    deployed: dict[str, Any],
+    client: openai.OpenAI,
+    operator: int,
+    tmp_path: Path,
+) -> None:
+    server = f"{server_pod_ip(stack)}:8000"
+    chat(client, "tone", "Is order 5 on its way?")  # something for the server's series
+    for url in (f"http://127.0.0.1:{operator}/metrics", f"http://{server}/metrics"):
+        checked = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=metrics_text(url),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, f"{url}: {checked.stdout}{checked.stderr}"
+
+    targets = {"phiops-operator": f"127.0.0.1:{operator}", "phiops-serve": server}
+    with running_prometheus(tmp_path, free_port(), targets, [ALERTS]) as prometheus:
+        # A dataset with no usable record: the pre-flight fails the job for good.
+        stack.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "broken-chat"},
+                "data": {"train.jsonl": 'not json\n{"messages": []}\n'},
+            },
+            NS,
+        )
+        broken = fine_tune_job()
+        broken["metadata"]["name"] = "broken"
+        broken["spec"]["dataset"]["configMap"]["name"] = "broken-chat"
+        stack.apply(broken, NS)
+
+        def firing() -> dict[str, Any] | None:
+            for alert in api(prometheus, "alerts")["alerts"]:
+                labels = alert["labels"]
+                if (
+                    labels["alertname"] == "PhiopsFineTuneJobFailed"
+                    and labels.get("name") == "broken"
+                    and alert["state"] == "firing"
+                ):
+                    return alert  # type: ignore[no-any-return]
+            return None
+
+        alert = eventually(firing, timeout=180, what="PhiopsFineTuneJobFailed to fire")
+        assert alert["labels"]["namespace"] == NS
+        assert alert["labels"]["severity"] == "warning"
+        assert alert["annotations"]["runbook_url"].endswith("#phiopsfinetunejobfailed")
+        # The healthy job fires nothing; the server's own series are scraped per model.
+        names = {
+            a["labels"].get("name")
+            for a in api(prometheus, "alerts")["alerts"]
+            if a["labels"]["alertname"] == "PhiopsFineTuneJobFailed"
+        }
+        assert names == {"broken"}
+        served = api(prometheus, "query?query=phiops_serve_requests_total")["result"]
+        assert "tone" in {s["metric"].get("model") for s in served}
+        up = api(prometheus, "query?query=up")["result"]
+        assert {s["metric"]["job"]: s["value"][1] for s in up} == {
+            "phiops-operator": "1",
+            "phiops-serve": "1",
+        }

@@ -16,7 +16,7 @@ from phiops_operator.status.phi_deployment import (
 
 TRAINING = Dependency("adapter", "adapter tone: FineTuneJob tone-job is Running (step 3/30)")
 FAILED = Dependency("adapter", "adapter tone: FineTuneJob tone-job is Failed (OOM)", failed=True)
-ROLLED = Rollout(desired=2, replicas=2, ready=2, updated=2, complete=True)
+ROLLED = Rollout(desired=2, replicas=2, ready=2, updated=2, current=True)
 BASE = DeploymentObservation(
     selector="app.kubernetes.io/instance=a,app.kubernetes.io/component=server",
     endpoint="http://a-server.ns.svc:8000/v1",
@@ -81,7 +81,7 @@ def test_previous_configuration_keeps_serving_while_the_new_adapter_trains() -> 
 
 
 def test_rolling_out_is_progressing_not_ready_until_pods_load() -> None:
-    rolling = Rollout(desired=1, replicas=2, ready=1, updated=1, complete=False)
+    rolling = Rollout(desired=1, replicas=2, ready=1, updated=1, current=False)
     conditions, fields = run(rollout=rolling)
     assert conditions["Ready"] == ("False", "RollingOut")
     assert conditions["Progressing"] == ("True", "RollingOut")
@@ -90,7 +90,7 @@ def test_rolling_out_is_progressing_not_ready_until_pods_load() -> None:
 
 
 def test_an_adapter_a_pod_cannot_load_is_reported_per_adapter() -> None:
-    partial = Rollout(desired=2, replicas=2, ready=1, updated=2, complete=True)
+    partial = Rollout(desired=2, replicas=2, ready=1, updated=2, current=True)
     view = replace(BASE.adapters[0], load_error="sha256 mismatch")
     conditions, fields = run(rollout=partial, adapters=(view,))
     assert conditions["Ready"] == ("True", "Serving")
@@ -99,14 +99,14 @@ def test_an_adapter_a_pod_cannot_load_is_reported_per_adapter() -> None:
 
 
 def test_crashing_pods_with_nothing_ready_stall_the_rollout() -> None:
-    stuck = Rollout(desired=1, replicas=1, ready=0, updated=1, complete=True, stuck="CrashLoop")
+    stuck = Rollout(desired=1, replicas=1, ready=0, updated=1, current=True, stuck="CrashLoop")
     conditions, _ = run(rollout=stuck)
     assert conditions["Stalled"] == ("True", "RolloutStuck")
     assert conditions["Degraded"][0] == "True"
 
 
 def test_scaled_to_zero_is_ready() -> None:
-    zero = Rollout(desired=0, replicas=0, ready=0, updated=0, complete=True)
+    zero = Rollout(desired=0, replicas=0, ready=0, updated=0, current=True)
     conditions, fields = run(rollout=zero)
     assert conditions["Ready"] == ("True", "ScaledToZero")
     assert fields["adapters"][0]["loaded"] is False
@@ -116,3 +116,18 @@ def test_missing_knowledge_base_is_its_own_reason() -> None:
     missing = Dependency("knowledgeBase", "KnowledgeBase handbook not found")
     conditions, _ = run(blocked=(missing,), rollout=None)
     assert conditions["Ready"] == ("False", "KnowledgeBaseNotReady")
+
+
+def test_scaling_down_after_a_scale_is_serving_not_rolling_out() -> None:
+    shrinking = Rollout(desired=1, replicas=2, ready=2, updated=2, current=True)
+    conditions, fields = run(rollout=shrinking)
+    assert conditions["Ready"] == ("True", "Serving")
+    assert conditions["Progressing"] == ("True", "Scaling")
+    assert fields["adapters"][0]["loaded"] is True
+
+
+def test_scaling_up_keeps_serving_while_the_new_pod_loads() -> None:
+    growing = Rollout(desired=2, replicas=2, ready=1, updated=2, current=True)
+    conditions, _ = run(rollout=growing)
+    assert conditions["Ready"] == ("True", "Serving")
+    assert conditions["Degraded"][0] == "False"

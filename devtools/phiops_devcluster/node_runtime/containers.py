@@ -35,6 +35,11 @@ PHIOPS_ENTRYPOINTS = {
     "phiops-operator": "phiops_operator",
 }
 VENV_BIN = str(Path(sys.executable).parent)
+# What a real image would contain, here taken from the host: the Python environment and this
+# checkout (editable installs point into it). Kept visible under volumes mounted over a parent.
+IMAGE_PATHS = sorted(
+    {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])} - {"/", "/usr"}
+)
 # What the images' ENV would provide; the container's own env overrides it.
 IMAGE_ENV = {
     "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -401,6 +406,7 @@ class ContainerRun:
                     "netns": sandbox.network.netns_path,
                     "hostname": sandbox.pod["metadata"]["name"],
                     "mounts": mounts,
+                    "imagePaths": IMAGE_PATHS if self.real else [],
                     "workingDir": self.spec.get("workingDir") or "/",
                     "argv": argv,
                     "env": self.env,

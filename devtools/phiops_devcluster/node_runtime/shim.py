@@ -53,7 +53,12 @@ def setup(spec: dict[str, Any]) -> None:
         _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
     _check(_libc.unshare(CLONE_NEWNS), "unshare(mount)")
     _mount(None, "/", MS_REC | MS_PRIVATE)
-    for mount in spec["mounts"]:
+    mounts: list[dict[str, Any]] = spec["mounts"]
+    # Open every source before mounting anything: a volume mounted over /tmp must not hide a
+    # later mount's source (or the image's own files) that happens to live under /tmp.
+    sources = [os.open(m["source"], os.O_PATH) for m in mounts]
+    kept = {path: os.open(path, os.O_PATH) for path in spec.get("imagePaths", [])}
+    for mount, fd in zip(mounts, sources, strict=True):
         source, target = Path(mount["source"]), Path(mount["target"])
         if not target.exists():
             if source.is_dir():
@@ -61,9 +66,18 @@ def setup(spec: dict[str, Any]) -> None:
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.touch()
-        _mount(str(source), str(target), MS_BIND | MS_REC)
+        _mount(f"/proc/self/fd/{fd}", str(target), MS_BIND | MS_REC)
         if mount.get("readOnly"):
             _mount(None, str(target), MS_REMOUNT | MS_BIND | MS_RDONLY)
+    # What the image itself holds (this checkout's Python and sources) stays visible even
+    # under a volume mounted over one of its parents.
+    targets = [Path(m["target"]) for m in mounts]
+    for path, fd in kept.items():
+        if any(t in Path(path).parents for t in targets):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
+    for fd in [*sources, *kept.values()]:
+        os.close(fd)
 
 
 def main() -> None:

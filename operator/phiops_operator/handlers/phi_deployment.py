@@ -135,10 +135,10 @@ async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollo
     desired = int(spec.get("replicas") or 0)
     replicas = int(st.get("replicas") or 0)
     updated = int(st.get("updatedReplicas") or 0)
-    complete = (
+    current = (
         int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
-        and updated == desired
-        and replicas == desired
+        and updated == replicas
+        and (updated > 0 or desired == 0)
     )
     stuck = None
     progressing = conditions.find(st.get("conditions"), "Progressing") or {}
@@ -157,7 +157,7 @@ async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollo
         replicas=replicas,
         ready=int(st.get("readyReplicas") or 0),
         updated=updated,
-        complete=complete,
+        current=current,
         stuck=stuck,
     )
 
@@ -262,7 +262,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         if not blocked and not waiting:
             context.logger.info(f"serving {len(adapters)} adapter(s); config applied")
         rollout = await _rollout(context, applied[1])
-        if not rollout.complete or rollout.ready < rollout.desired:
+        if not rollout.current or rollout.ready < rollout.desired:
             errors = await _load_errors(context)
             views = [
                 status.AdapterView(

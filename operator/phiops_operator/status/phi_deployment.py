@@ -43,8 +43,8 @@ class Rollout:
     replicas: int
     ready: int
     updated: int
-    complete: bool
-    """Every pod runs the current template and the controller has seen it."""
+    current: bool
+    """The controller has seen the current template and every pod runs it."""
     stuck: str | None = None
     """Why the rollout cannot finish (deadline exceeded, pods crashing), if it cannot."""
 
@@ -64,7 +64,7 @@ class DeploymentObservation:
 
 
 def _adapter_status(view: AdapterView, rollout: Rollout | None) -> dict[str, Any]:
-    loaded = bool(view.served and rollout and rollout.complete and rollout.ready > 0)
+    loaded = bool(view.served and rollout and rollout.current and rollout.ready > 0)
     out: dict[str, Any] = {"name": view.name, "source": view.source, "loaded": loaded}
     if view.sha256:
         out["sha256"] = view.sha256
@@ -148,20 +148,28 @@ def compute(obs: DeploymentObservation) -> tuple[list[Observation], dict[str, An
             ]
             return out(observed, (reason, message), degraded)
         return out(conditions.reconciling(reason, message), (reason, message), degraded)
-    if not rollout.complete:
+    if not rollout.current:
         message = (
             f"rolling out: {rollout.updated}/{rollout.desired} pods updated, "
             f"{rollout.ready} ready (a pod is ready once the base model and every adapter "
             "are loaded)"
         )
         return out(conditions.reconciling("RollingOut", message), ("RollingOut", message), None)
-    if rollout.ready < rollout.desired:
-        message = f"{rollout.ready}/{rollout.desired} replicas ready"
-        unloaded = [a for a in obs.adapters if a.load_error]
-        if unloaded:
-            message += "; " + "; ".join(f"{a.name}: {a.load_error}" for a in unloaded)
+    unloaded = [a for a in obs.adapters if a.load_error]
+    if rollout.ready < rollout.desired and unloaded:
+        message = f"{rollout.ready}/{rollout.desired} replicas ready; " + "; ".join(
+            f"{a.name}: {a.load_error}" for a in unloaded
+        )
         if serving:
-            return out(conditions.ready("Serving", message), ("ScalingUp", message), message)
+            return out(conditions.ready("Serving", message), ("Loading", message), message)
+        return out(conditions.reconciling("Loading", message), ("Loading", message), message)
+    if rollout.replicas != rollout.desired or rollout.ready < rollout.desired:
+        message = (
+            f"scaling to {rollout.desired} replicas: {rollout.replicas} running, "
+            f"{rollout.ready} ready"
+        )
+        if serving:
+            return out(conditions.ready("Serving", message), ("Scaling", message), None)
         return out(conditions.reconciling("Loading", message), ("Loading", message), None)
     message = f"{rollout.ready}/{rollout.desired} replicas ready at {obs.endpoint}"
     return out(conditions.ready("Serving", message), None, None)
