@@ -1,41 +1,36 @@
 #!/usr/bin/env bash
-# The whole flow that exists today, on a real local control plane:
-# cluster up -> CRDs -> operator -> samples -> a knowledge base embedded into milvus-lite and
-# queried -> status -> bad resources refused -> metrics -> tear down.
+# The whole product on a real local control plane:
+# cluster up -> helm install (CRDs + operator) -> a KnowledgeBase embedded into milvus-lite -> a FineTuneJob
+# training an adapter -> a PhiDeployment serving both, asked through the openai client ->
+# status -> bad resources refused -> metrics -> tear down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${VENV:-.venv}/bin/python
+HELM=${VENV:-.venv}/bin/helm
 export PYTHONPATH="$PWD/devtools${PYTHONPATH:+:$PYTHONPATH}"
 export KUBECONFIG="$PWD/.dev/kubeconfig"
-OPERATOR_LOG=.dev/operator.log
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-operator_pid=""
 teardown() {
-  step "tearing down"
-  if [[ -n $operator_pid ]] && kill -0 "$operator_pid" 2>/dev/null; then
-    kill "$operator_pid"; wait "$operator_pid" 2>/dev/null || true
-    echo "operator stopped"
-  fi
-  "$PY" -m phiops_devcluster down
+  step "tearing down (the demo's cluster and its data)"
+  "$PY" -m phiops_devcluster down --wipe
 }
 trap teardown EXIT
 
-step "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, 2 nodes)"
+step "starting a fresh local control plane (etcd, kube-apiserver, controller-manager, scheduler, 2 nodes)"
+"$PY" -m phiops_devcluster down --wipe >/dev/null 2>&1 || true
 "$PY" -m phiops_devcluster up
 kubectl get nodes -L phiops.dev/node-pool
 
-step "installing the CRDs"
-kubectl apply -f crds/
-kubectl wait --for=condition=Established --timeout=30s crd --all >/dev/null
+step "installing phiops with its Helm chart: the CRDs and the operator (a pod of phiops-operator)"
+"$HELM" install phiops charts/phiops --namespace phiops-system --create-namespace \
+  --set logLevel=verbose --wait --timeout 5m
+kubectl wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=phiops >/dev/null
+until kubectl get phiops >/dev/null 2>&1; do sleep 1; done  # discovery lists the new kinds
 kubectl get crd -l app.kubernetes.io/part-of=phiops
-
-step "running the operator (log: $OPERATOR_LOG)"
-mkdir -p .dev
-"$PY" -m phiops_operator --all-namespaces --verbose --metrics-port 18080 --liveness-port 18081 \
-  >"$OPERATOR_LOG" 2>&1 &
-operator_pid=$!
+kubectl get deployment,pods,service -n phiops-system
+"$HELM" test phiops --namespace phiops-system --timeout 3m | grep -E '^(NAME|TEST SUITE|Phase)'
 
 step "applying the samples"
 kubectl apply -f crds/samples/
@@ -61,7 +56,8 @@ for hit in json.load(sys.stdin):
 step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
 echo "The sample FineTuneJob support-tone names microsoft/Phi-3-mini-4k-instruct on the model hub,"
 echo "which this machine cannot reach, so its pre-flight stops it (BaseModelUnavailable) before any"
-echo "GPU is asked for. The same code path on a tiny Phi-3 made by a pod of the trainer image:"
+echo "GPU is asked for (and the sample PhiDeployment 'assistant' waits on it: AdapterNotReady)."
+echo "The same code path on a tiny Phi-3 made by a pod of the trainer image:"
 kubectl apply -f examples/demo/tiny-model.yaml
 phase_of() { kubectl get "$1" -o jsonpath='{.status.phase}'; }
 wait_phase() {  # wait_phase OBJECT TIMEOUT: until Succeeded (or fail on Failed), showing it
@@ -73,13 +69,39 @@ wait_phase() {  # wait_phase OBJECT TIMEOUT: until Succeeded (or fail on Failed)
 }
 wait_phase pod/make-tiny-phi3 180
 kubectl apply -f examples/demo/fine-tune.yaml
+
+step "a PhiDeployment using both, applied while the adapter still trains"
+kubectl apply -f examples/demo/assistant.yaml
+sleep 3
+kubectl get phideployment assistant-tiny -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}: {.status.adapters[0].message}{"\n"}'
 wait_phase finetunejob/support-tone-tiny 400
-kubectl wait --for=condition=Ready --timeout=10s finetunejob/support-tone-tiny
-kubectl get pods -l app.kubernetes.io/instance=support-tone-tiny -o wide
-kubectl get ftj support-tone-tiny -o jsonpath='{.status.adapter}{"\n"}{.status.dataset}{"\n"}'
+kubectl get ftj support-tone-tiny -o jsonpath='{.status.adapter}{"\n"}'
+echo "the adapter is trained: the deployment rolls out with it by itself"
+deadline=$((SECONDS + 300))
+until kubectl wait --for=condition=Ready --timeout=5s phideployment/assistant-tiny >/dev/null 2>&1; do
+  (( SECONDS > deadline )) && { kubectl get phideployment assistant-tiny -o yaml; exit 1; }
+  kubectl get phideployment assistant-tiny --no-headers
+done
+kubectl get phideployment assistant-tiny
+kubectl get deployment,service,pods -l app.kubernetes.io/instance=assistant-tiny
+
+step "asking it through the official openai client (Service ClusterIP, as a pod would)"
+ip=$(kubectl get service assistant-tiny-server -o jsonpath='{.spec.clusterIP}')
+"$PY" examples/demo/ask.py "http://$ip:8000/v1" "How long do refunds take?"
+echo
+echo "(A random-weight tiny model answers gibberish; what it shows is the plumbing: adapters"
+echo " switched per request, retrieval finding handbook/returns.md, citations, streaming."
+echo " See the README for the real microsoft/Phi-3-mini-4k-instruct on a GPU cluster.)"
+
+step "kubectl scale works on a PhiDeployment"
+kubectl scale phideployment assistant-tiny --replicas=2
+kubectl get phideployment assistant-tiny -o jsonpath='{.spec.replicas} replicas asked, deployment: ' && \
+  sleep 2 && kubectl get deployment assistant-tiny-server -o jsonpath='{.spec.replicas}{"\n"}'
+kubectl scale phideployment assistant-tiny --replicas=1
 
 step "kubectl get phiops"
 kubectl get phiops -o wide
+kubectl get phideployment assistant-tiny -o jsonpath='{.status}' | "$PY" -m json.tool
 
 step "conditions of each sample"
 kubectl get phiops -o custom-columns='KIND:.kind,NAME:.metadata.name,GEN:.metadata.generation,OBSERVED:.status.observedGeneration,READY:.status.conditions[?(@.type=="Ready")].reason'
@@ -114,5 +136,8 @@ YAML
 kubectl wait --for=condition=Stalled --timeout=60s knowledgebase two-sources-in-one
 kubectl get knowledgebase two-sources-in-one -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}{"\n"}'
 
-step "operator metrics"
-curl -s localhost:18080/metrics | grep -E '^phiops_(reconcile_total|knowledge_base_)'
+step "operator metrics (through its Service, as Prometheus would scrape them)"
+metrics_ip=$(kubectl get service phiops -n phiops-system -o jsonpath='{.spec.clusterIP}')
+"$PY" -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" \
+  "http://$metrics_ip:8080/metrics" \
+  | grep -E '^phiops_(reconcile_total|knowledge_base_|deployment_|resource_ready)'

@@ -53,8 +53,8 @@ def _ftj_adapter(name: str, ftj: dict[str, Any] | None, ref: str) -> ResolvedAda
             source=f"fineTuneJob/{ref}",
             sha256=adapter.get("sha256"),
         )
-    detail = ready.get("message") or phase
-    message = f"adapter {name}: FineTuneJob {ref} is {phase} ({detail})"
+    detail = f": {ready['message']}" if ready.get("message") else ""
+    message = f"adapter {name}: FineTuneJob {ref} is {phase}{detail}"
     return Dependency("adapter", message, failed=phase == "Failed")
 
 
