@@ -15,12 +15,7 @@ from phiops_workload.serving import AdapterConfig, ServeConfig
 log = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_DTYPES: dict[str, torch.dtype | str] = {
-    "auto": "auto",
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class LoadError(Exception):
@@ -54,6 +49,16 @@ def resolve_device(config: ServeConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_dtype(config: ServeConfig, device: str) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU that has it (float16 on older ones), float32 on CPU (bf16
+    matmuls are slow on CPUs without bf16 instructions)."""
+    if config.dtype != "auto":
+        return _DTYPES[config.dtype]
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _read_secret(path: str | None) -> str | None:
     if not path:
         return None
@@ -72,13 +77,13 @@ def _nf4(config: ServeConfig, device: str) -> dict[str, Any]:
         )
     from transformers import BitsAndBytesConfig
 
-    compute = _DTYPES[config.dtype]
+    compute = resolve_dtype(config, device)
     untyped: Any = BitsAndBytesConfig  # its __init__ is untyped
     quantization = untyped(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if compute == "auto" else compute,
+        bnb_4bit_compute_dtype=compute,
     )
     return {"quantization_config": quantization, "device_map": {"": device}}
 
@@ -94,7 +99,7 @@ def load_base(config: ServeConfig) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **hub)
         model: Any = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_DTYPES[config.dtype], **hub, **quantized
+            path, dtype=resolve_dtype(config, device), **hub, **quantized
         )
     except Exception as err:  # hub errors, missing files, bad configs, out of memory...
         raise LoadError(f"cannot load the base model from {path!r}: {err}") from err

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from phiops_embed.retrieval import Hit
 from phiops_serve.app import create_app
 from phiops_serve.errors import ApiError
+from phiops_serve.loading import resolve_dtype
 from phiops_serve.rag import (
     DEFAULT_CONTEXT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
@@ -218,3 +219,12 @@ async def test_not_ready_until_loaded() -> None:
         missing = await client.get("/v1/nothing")
         assert missing.status == 404
         assert set((await missing.json())["error"]) == {"message", "type", "param", "code"}
+
+
+def test_auto_dtype_is_float32_on_cpu_and_explicit_dtypes_stay() -> None:
+    import torch
+
+    auto = ServeConfig.model_validate({**CONFIG, "retrieval": None})
+    assert resolve_dtype(auto, "cpu") == torch.float32
+    bf16 = auto.model_copy(update={"dtype": "bfloat16"})
+    assert resolve_dtype(bf16, "cpu") == torch.bfloat16
