@@ -379,6 +379,58 @@ def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
     )
 
 
+def test_kubectl_wait_for_ready_works_for_all_three_kinds(
+    stack: Cluster, deployed: dict[str, Any]
+) -> None:
+    for resource in ("knowledgebase/handbook", "finetunejob/tone", "phideployment/assistant"):
+        out = stack.kubectl("wait", "-n", NS, "--for=condition=Ready", "--timeout=60s", resource)
+        assert "condition met" in out
+
+
+def test_an_adapter_that_cannot_load_is_reported_on_that_adapter(
+    stack: Cluster, deployed: dict[str, Any]
+) -> None:
+    trained = get(stack, "ftj", "tone")
+    assert trained is not None
+    output = trained["status"]["adapter"]["claimName"]
+    broken = {
+        "apiVersion": "phiops.dev/v1alpha1",
+        "kind": "PhiDeployment",
+        "metadata": {"name": "half-broken"},
+        "spec": {
+            "model": {"name": "tiny-phi3", "pvc": {"claimName": "models", "path": "tiny"}},
+            "adapters": [
+                {"name": "good", "pvc": {"claimName": output}},
+                # The base model's folder is no LoRA adapter: this one cannot load.
+                {"name": "bad", "pvc": {"claimName": "models", "path": "tiny"}},
+            ],
+            "server": {"maxNewTokens": 8},
+        },
+    }
+    stack.apply(broken, NS)
+    try:
+        reported = eventually(
+            lambda: (
+                (o := get(stack, "phid", "half-broken"))
+                and any(
+                    a["name"] == "bad" and a.get("message") not in (None, "rolling out")
+                    for a in (o.get("status") or {}).get("adapters", [])
+                )
+                and o
+            ),
+            timeout=180,
+            what="the adapter's load error in status",
+        )
+        adapters = {a["name"]: a for a in reported["status"]["adapters"]}
+        assert adapters["bad"]["loaded"] is False
+        assert adapters["good"]["loaded"] is False  # no pod is ready: none serves it yet
+        assert "bad" not in (adapters["good"].get("message") or "")
+        assert condition(reported, "Ready")["status"] == "False"
+        assert reported["status"]["adaptersReady"] == "0/2"
+    finally:
+        stack.kubectl("delete", "-n", NS, "phid", "half-broken", "--wait=false")
+
+
 def metrics_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
