@@ -128,8 +128,9 @@ async def _stream(
     except Exception as err:  # headers are sent: report in the stream, as OpenAI does
         log.exception("streaming failed")
         error = {"message": str(err), "type": "server_error", "param": None, "code": None}
-        await send({"error": error})
-        await response.write(b"data: [DONE]\n\n")
+        with contextlib.suppress(ConnectionResetError):
+            await send({"error": error})
+            await response.write(b"data: [DONE]\n\n")
         return response
     _account(request, reply.model, usage)
     return response

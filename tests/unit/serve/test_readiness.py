@@ -108,6 +108,19 @@ def test_an_unreadable_hub_token_is_reported(serve_config: ServeConfig, tmp_path
     assert "cannot read the model hub token file" in (engine.states[BASE].error or "")
 
 
+def test_the_embedding_model_runs_on_the_retrieval_device(
+    serve_config: ServeConfig, knowledge_store: KnowledgeStore
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA: the device must fail to prove it is used")
+    retrieval = retrieval_config(knowledge_store, device="cuda")
+    with running(serve_config.model_copy(update={"retrieval": retrieval})) as url:
+        failed = wait_until(lambda: (r := readiness(url))["error"] and r, 60)
+        assert "CUDA" in failed["error"] and failed["ready"] is False
+
+
 def test_the_knowledge_base_is_retried_until_milvus_answers(
     serve_config: ServeConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
