@@ -115,9 +115,12 @@ def weights_digest(path: str) -> str | None:
     if not weights.is_file():
         return None
     digest = hashlib.sha256()
-    with weights.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
+    try:
+        with weights.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError as err:
+        raise LoadError(f"cannot read {weights}: {err}") from err
     return digest.hexdigest()
 
 
@@ -180,7 +183,7 @@ def load_models(config: ServeConfig, states: dict[str, ModelState]) -> tuple[Any
         for adapter in config.adapters:
             states[adapter.name].error = "not loaded: the base model did not load"
         raise
-    base.loaded = True
+    loaded = [base]
     for adapter in config.adapters:
         state = states[adapter.name]
         try:
@@ -192,8 +195,14 @@ def load_models(config: ServeConfig, states: dict[str, ModelState]) -> tuple[Any
             state.error = str(err)
             # A failed first adapter leaves LoRA layers in the bare base: start it afresh.
             if not _is_peft(model) and _injected(model):
-                model, tokenizer = load_base(config)
+                try:
+                    model, tokenizer = load_base(config)
+                except LoadError as again:
+                    base.error = str(again)
+                    raise
             continue
-        state.loaded = True
+        loaded.append(state)
         log.info("adapter %s loaded from %s", adapter.name, adapter.path)
+    for state in loaded:  # only now: the engine serves the model once this returns
+        state.loaded = True
     return model, tokenizer
