@@ -555,9 +555,9 @@ def fixture_objects() -> dict[str, dict[str, Any]]:
     out["finetunejob-new"] = _object("FineTuneJob", "support-tone", 1, None)
 
     # PhiDeployment
-    def rollout(ready: int, complete: bool = True, stuck: str | None = None) -> phid.Rollout:
+    def rollout(ready: int, current: bool = True, stuck: str | None = None) -> phid.Rollout:
         return phid.Rollout(
-            desired=2, replicas=2, ready=ready, updated=2, complete=complete, stuck=stuck
+            desired=2, replicas=2, ready=ready, updated=2, current=current, stuck=stuck
         )
 
     def phid_obs(**kw: Any) -> tuple[list[conditions.Observation], dict[str, Any]]:
@@ -581,7 +581,7 @@ def fixture_objects() -> dict[str, dict[str, Any]]:
     )
     out["phideployment-serving"] = _object("PhiDeployment", "support-bot", 4, status(phid_obs(), 4))
     out["phideployment-rolling-out"] = _object(
-        "PhiDeployment", "support-bot", 4, status(phid_obs(rollout=rollout(1, complete=False)), 4)
+        "PhiDeployment", "support-bot", 4, status(phid_obs(rollout=rollout(1, current=False)), 4)
     )
     out["phideployment-serving-previous"] = _object(
         "PhiDeployment", "support-bot", 4, status(phid_obs(waiting=(adapter_training,)), 4)

@@ -65,7 +65,6 @@ class ServeConfig(_Strict):
     """`nf4`: load the base 4-bit with bitsandbytes (CUDA only)."""
     device: str = "auto"
     """`auto`: CUDA when available, else CPU."""
-    max_batch_size: int = Field(default=8, ge=1)
     max_concurrent_requests: int = Field(default=64, ge=1)
     """Requests admitted at once; more are refused with 429."""
     retrieval: RetrievalConfig | None = None

@@ -145,7 +145,6 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
         max_new_tokens=server.max_new_tokens,
         dtype=server.dtype,
         quantize=server.quantize,
-        max_batch_size=server.max_batch_size,
         max_concurrent_requests=server.max_concurrent_requests,
         retrieval=retrieval,
         system_prompt=prompt.system_prompt if prompt else None,

@@ -74,10 +74,9 @@ class ServerSettings(KubeModel):
     """Weights precision; `auto` picks bfloat16 on GPU and float32 on CPU."""
     quantize: Literal["none", "nf4"] = "none"
     """Load the base 4-bit (adapters stay unmerged)."""
-    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
-    """Requests generated together."""
     max_concurrent_requests: Annotated[int, Field(ge=1, le=65536)] = 64
-    """Requests admitted at once; more get 429."""
+    """Requests admitted at once per replica (they generate one after another, in arrival
+    order); more are refused with 429 `rate_limit_exceeded`."""
 
 
 class ServiceSettings(KubeModel):
