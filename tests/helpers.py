@@ -40,3 +40,35 @@ def eventually(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")
+
+
+def models_claim(size: str = "1Gi") -> dict[str, Any]:
+    """The claim the tiny Phi-3 is made on (`tiny_model_pod`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }
+
+
+def tiny_model_pod(folder: str = "tiny") -> dict[str, Any]:
+    """A pod of the trainer image making a tiny random-weight Phi-3 (the real architecture,
+    a few small layers) in `folder` of the `models` claim: no model hub is reachable here."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "make-tiny-model"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "make",
+                    "image": "phiops-finetune:test",
+                    "args": ["make-tiny-model", "--out", f"/models/{folder}"],
+                    "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                }
+            ],
+            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+        },
+    }

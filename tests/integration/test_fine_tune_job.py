@@ -101,38 +101,8 @@ def models(operator: int, crds: Cluster) -> Cluster:
     """A namespace with a tiny Phi-3 on a PVC (made by a pod of the trainer image) and a
     chat dataset in a ConfigMap."""
     crds.kubectl("create", "namespace", NS)
-    apply(
-        crds,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    apply(
-        crds,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "make-tiny-model"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {
-                        "name": "make",
-                        "image": "phiops-finetune:test",
-                        "args": ["make-tiny-model", "--out", "/models/tiny"],
-                        "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                    }
-                ],
-                "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
-            },
-        },
-    )
+    apply(crds, helpers.models_claim())
+    apply(crds, helpers.tiny_model_pod())
     eventually(
         lambda: (
             ((get(crds, "pod", "make-tiny-model") or {}).get("status") or {}).get("phase")

@@ -50,26 +50,6 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return next((c for c in found if c["type"] == type_), {})
 
 
-def tiny_model_pod() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "make-tiny-model"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "make",
-                    "image": "phiops-finetune:test",
-                    "args": ["make-tiny-model", "--out", "/models/tiny"],
-                    "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                }
-            ],
-            "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
-        },
-    }
-
-
 def fine_tune_job() -> dict[str, Any]:
     return {
         "apiVersion": "phiops.dev/v1alpha1",
@@ -115,19 +95,8 @@ def stack(operator: int, crds: Cluster) -> Cluster:
     """The namespace with a tiny Phi-3 on a claim, a chat dataset, and the handbook
     KnowledgeBase synced."""
     crds.kubectl("create", "namespace", NS)
-    crds.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models"},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-        NS,
-    )
-    crds.apply(tiny_model_pod(), NS)
+    crds.apply(helpers.models_claim(), NS)
+    crds.apply(helpers.tiny_model_pod(), NS)
     data = "\n".join(json.dumps(r) for r in RECORDS) + "\n"
     crds.apply(
         {
@@ -500,11 +469,13 @@ def test_prometheus_scrapes_operator_and_server_and_a_failed_job_fires_its_alert
         assert alert["labels"]["namespace"] == NS
         assert alert["labels"]["severity"] == "warning"
         assert alert["annotations"]["runbook_url"].endswith("#phiopsfinetunejobfailed")
-        # The healthy job fires nothing; the server's own series are scraped per model.
+        # The healthy jobs here fire nothing (failed ones of other test modules may, in the
+        # same process); the server's own series are scraped per model.
         names = {
             a["labels"].get("name")
             for a in api(prometheus, "alerts")["alerts"]
             if a["labels"]["alertname"] == "PhiopsFineTuneJobFailed"
+            and a["labels"].get("namespace") == NS
         }
         assert names == {"broken"}
         served = api(prometheus, "query?query=phiops_serve_requests_total")["result"]

@@ -203,10 +203,9 @@ def deployment(
     spec: PhiDeploymentSpec,
     config: OperatorConfig,
     inputs: Inputs,
-    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The serving pods. `replicas` None leaves the count to spec.replicas; the pod template
-    carries the config's hash, so a new adapter or collection rolls the pods."""
+    """The serving pods; the pod template carries the config's hash, so a new adapter or
+    collection rolls the pods."""
     parent_name = parent["metadata"]["name"]
     res = spec.resources
     volumes, mounts = _volumes(parent_name, spec, inputs)
@@ -250,7 +249,7 @@ def deployment(
         "kind": "Deployment",
         "metadata": child_metadata(parent, SERVER_COMPONENT),
         "spec": {
-            "replicas": spec.replicas if replicas is None else replicas,
+            "replicas": spec.replicas,
             "selector": {"matchLabels": selector(parent_name)},
             # A new pod must load before an old one goes: no gap in serving during a roll.
             "strategy": {
