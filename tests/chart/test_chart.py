@@ -11,6 +11,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from phiops_operator.builders.common import labels
+from phiops_operator.builders.phi_deployment import SERVER_COMPONENT
 
 from tests.chart import sync
 from tests.chart.manifests import VALUES_FILES, VALUES_NAMES, by_kind, one, rendered
@@ -19,7 +21,7 @@ from tests.chart.tools import CHART, REPO, helm, template
 # Kubernetes versions the rendered objects are validated against (offline schemas).
 KUBERNETES_VERSIONS = ("1.28.0", "1.33.0")
 # Prometheus operator kinds: no Kubernetes schema; checked structurally below.
-MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def test_there_are_the_values_files_the_tests_promise() -> None:
@@ -77,6 +79,13 @@ def test_monitoring_objects_are_structurally_sound() -> None:
     assert endpoint["honorLabels"] is True, "keep the resources' namespace/name labels"
     assert endpoint["interval"] == "15s" and endpoint["scrapeTimeout"] == "5s"
     assert {"targetLabel": "job", "replacement": "phiops-operator"} in endpoint["relabelings"]
+    # The inference pods, as the operator labels them (builders.common.labels).
+    pods = docs["PodMonitor"]["spec"]
+    server_labels = labels("PhiDeployment", "assistant", SERVER_COMPONENT)
+    assert pods["selector"]["matchLabels"].items() <= server_labels.items()
+    (pod_endpoint,) = pods["podMetricsEndpoints"]
+    assert pod_endpoint["port"] == "http"
+    assert {"targetLabel": "job", "replacement": "phiops-serve"} in pod_endpoint["relabelings"]
     groups = docs["PrometheusRule"]["spec"]["groups"]
     assert groups and all(g["name"] and g["rules"] for g in groups)
     for group in groups:
