@@ -362,24 +362,28 @@ def main() -> None:
             system_prompt=SYSTEM,
         )
         retrieval = RetrievalConfig(uri=uri, collection=alias)
+        # Throughput against the raw loop on a server holding just the base: with adapters
+        # loaded, the base answers through disabled LoRA layers (measured in section 2).
         with (
+            serving(plain.model_copy(update={"adapters": []}), work, "base") as base_only,
             serving(plain, work, "plain") as client,
             serving(plain.model_copy(update={"retrieval": retrieval}), work, "rag") as rag,
         ):
             warm = lambda: server_loop(client, [BASE, ADAPTER_A, ADAPTER_B], 4)  # noqa: E731
             warm()
+            server_loop(base_only, [BASE], 4)
             raw_generate(model, tokenizer, PROMPTS[0], 4)
 
             print("\n1. generation throughput, server vs raw model.generate (same model, prompts)")
-            inside = server_seconds(client, BASE)
+            inside = server_seconds(base_only, BASE)
             raw, through = interleaved(
                 args.reps,
                 lambda prompt: raw_generate(model, tokenizer, prompt, args.max_tokens),
-                lambda prompt: served(client, BASE, prompt, args.max_tokens),
+                lambda prompt: served(base_only, BASE, prompt, args.max_tokens),
             )
             show_rates("raw model.generate", raw)
             show_rates("server, base model", through)
-            inside = server_seconds(client, BASE) - inside
+            inside = server_seconds(base_only, BASE) - inside
             outside = sum(seconds for _, seconds in through)
             print(
                 f"  of the client's {outside:.2f} s, the server counted {inside:.2f} s"
