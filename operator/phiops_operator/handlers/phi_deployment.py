@@ -131,20 +131,24 @@ def _encode(inputs: Inputs) -> str:
 
 
 async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollout:
+    """The Deployment as its pods show it: a pod runs the current configuration when it
+    carries the config hash just applied (the Deployment's own counters lag a scale or a
+    roll by a moment, and a scale is no roll)."""
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas") or 0)
-    replicas = int(st.get("replicas") or 0)
-    updated = int(st.get("updatedReplicas") or 0)
-    current = (
-        int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
-        and updated == replicas
-        and (updated > 0 or desired == 0)
+    template = spec["template"]["metadata"].get("annotations") or {}
+    wanted = template.get(builder.CONFIG_HASH_ANNOTATION)
+    pods = [p for p in await _pods(context) if not p["metadata"].get("deletionTimestamp")]
+    updated = sum(
+        1
+        for p in pods
+        if (p["metadata"].get("annotations") or {}).get(builder.CONFIG_HASH_ANNOTATION) == wanted
     )
     stuck = None
     progressing = conditions.find(st.get("conditions"), "Progressing") or {}
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         stuck = progressing.get("message") or "the rollout exceeded its progress deadline"
-    for pod in await _pods(context):
+    for pod in pods:
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_WAITING_REASONS:
@@ -154,10 +158,10 @@ async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollo
                 )
     return status.Rollout(
         desired=desired,
-        replicas=replicas,
+        replicas=len(pods),
         ready=int(st.get("readyReplicas") or 0),
         updated=updated,
-        current=current,
+        current=updated == len(pods) and (updated > 0 or desired == 0),
         stuck=stuck,
     )
 
