@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests import helpers
+from tests.chart.tools import INSTALL_HINT, promtool_path
 from tests.conftest import Cluster, free_port
 from tests.prometheus import api, running_prometheus
 
@@ -141,20 +142,25 @@ def stack(operator: int, crds: Cluster) -> Cluster:
     return crds
 
 
+def ready_reason(cluster: Cluster, reason: str, what: str, timeout: float = 60) -> Any:
+    """The `assistant` PhiDeployment once its Ready condition has `reason`."""
+    return eventually(
+        lambda: (
+            (o := get(cluster, "phid", "assistant"))
+            and condition(o, "Ready").get("reason") == reason
+            and o
+        ),
+        timeout=timeout,
+        what=what,
+    )
+
+
 @pytest.fixture(scope="module")
 def deployed(stack: Cluster) -> dict[str, Any]:
     """The PhiDeployment created BEFORE its FineTuneJob: it waits with AdapterNotReady and
     deploys nothing; once the job succeeds it rolls out with the adapter by itself."""
     stack.apply(phi_deployment(), NS)
-    waiting = eventually(
-        lambda: (
-            (o := get(stack, "phid", "assistant"))
-            and condition(o, "Ready").get("reason") == "AdapterNotReady"
-            and o
-        ),
-        timeout=60,
-        what="the deployment to wait for its adapter",
-    )
+    waiting = ready_reason(stack, "AdapterNotReady", "the deployment to wait for its adapter")
     assert condition(waiting, "Ready")["status"] == "False"
     assert waiting["status"]["adapters"][0]["loaded"] is False
     assert "FineTuneJob tone" in waiting["status"]["adapters"][0]["message"]
@@ -303,14 +309,8 @@ def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
     # Point the adapter at a job that does not exist yet: the old adapter keeps serving.
     patch = {"spec": {"adapters": [{"name": "tone", "fineTuneJobRef": {"name": "tone-v2"}}]}}
     stack.kubectl("patch", "-n", NS, "phid", "assistant", "--type=merge", "-p", json.dumps(patch))
-    serving_previous = eventually(
-        lambda: (
-            (o := get(stack, "phid", "assistant"))
-            and condition(o, "Ready").get("reason") == "ServingPrevious"
-            and o
-        ),
-        timeout=60,
-        what="the deployment to keep serving the previous adapter",
+    serving_previous = ready_reason(
+        stack, "ServingPrevious", "the deployment to keep serving the previous adapter"
     )
     assert condition(serving_previous, "Ready")["status"] == "True"
     assert condition(serving_previous, "Reconciling")["status"] == "True"
@@ -425,11 +425,13 @@ def test_prometheus_scrapes_operator_and_server_and_a_failed_job_fires_its_alert
     operator: int,
     tmp_path: Path,
 ) -> None:
+    promtool = promtool_path()
+    assert promtool, f"promtool not found: {INSTALL_HINT}"
     server = f"{server_pod_ip(stack)}:8000"
     chat(client, "tone", "Is order 5 on its way?")  # something for the server's series
     for url in (f"http://127.0.0.1:{operator}/metrics", f"http://{server}/metrics"):
         checked = subprocess.run(
-            ["promtool", "check", "metrics"],
+            [promtool, "check", "metrics"],
             input=metrics_text(url),
             capture_output=True,
             text=True,

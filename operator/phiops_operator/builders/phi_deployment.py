@@ -31,7 +31,7 @@ from phiops_operator.builders.common import (
 )
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.base import SecretKeyRef
-from phiops_operator.models.phi_deployment import PhiDeploymentSpec
+from phiops_operator.models.phi_deployment import Adapter, PhiDeploymentSpec
 
 SERVER_COMPONENT = "server"
 CONFIG_COMPONENT = "server-config"
@@ -81,6 +81,14 @@ class ResolvedKnowledgeBase:
 class Inputs:
     adapters: tuple[ResolvedAdapter, ...] = ()
     knowledge_base: ResolvedKnowledgeBase | None = None
+
+
+def adapter_source(adapter: Adapter) -> str:
+    """Where an adapter comes from, as status and the server's logs name it."""
+    if adapter.fine_tune_job_ref is not None:
+        return f"fineTuneJob/{adapter.fine_tune_job_ref.name}"
+    assert adapter.pvc is not None  # the model guarantees exactly one source
+    return f"pvc/{adapter.pvc.claim_name}/{adapter.pvc.path}"
 
 
 def server_name(parent_name: str) -> str:

@@ -4,7 +4,7 @@ Service -> status, on change and on a timer (a FineTuneJob succeeding, pods turn
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import aiohttp
@@ -38,7 +38,9 @@ STUCK_WAITING_REASONS = {
 }
 
 
-def _ftj_adapter(name: str, ftj: dict[str, Any] | None, ref: str) -> ResolvedAdapter | Dependency:
+def _ftj_adapter(
+    name: str, ftj: dict[str, Any] | None, ref: str, source: str
+) -> ResolvedAdapter | Dependency:
     if ftj is None:
         return Dependency("adapter", f"adapter {name}: FineTuneJob {ref} not found")
     st = ftj.get("status") or {}
@@ -50,7 +52,7 @@ def _ftj_adapter(name: str, ftj: dict[str, Any] | None, ref: str) -> ResolvedAda
             name=name,
             claim_name=adapter["claimName"],
             path=adapter.get("path") or ".",
-            source=f"fineTuneJob/{ref}",
+            source=source,
             sha256=adapter.get("sha256"),
         )
     detail = f": {ready['message']}" if ready.get("message") else ""
@@ -63,7 +65,7 @@ async def _resolve_adapter(context: Context, adapter: Adapter) -> ResolvedAdapte
     if adapter.fine_tune_job_ref is not None:
         ref = adapter.fine_tune_job_ref.name
         ftj = await kube.get(f"{GROUP}/{VERSION}", "FineTuneJob", ns, ref)
-        return _ftj_adapter(adapter.name, ftj, ref)
+        return _ftj_adapter(adapter.name, ftj, ref, builder.adapter_source(adapter))
     assert adapter.pvc is not None  # the model guarantees exactly one source
     claim = adapter.pvc.claim_name
     if await kube.get("v1", "PersistentVolumeClaim", ns, claim) is None:
@@ -74,7 +76,7 @@ async def _resolve_adapter(context: Context, adapter: Adapter) -> ResolvedAdapte
         name=adapter.name,
         claim_name=claim,
         path=adapter.pvc.path,
-        source=f"pvc/{claim}/{adapter.pvc.path}",
+        source=builder.adapter_source(adapter),
     )
 
 
@@ -130,15 +132,21 @@ def _encode(inputs: Inputs) -> str:
     return json.dumps(asdict(inputs), sort_keys=True, default=lambda ref: ref.to_wire())
 
 
-async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollout:
+def _config_hash(deployment: dict[str, Any] | None) -> str | None:
+    """The config hash a Deployment's pod template carries (what its pods should run)."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return (template.get("metadata", {}).get("annotations") or {}).get(
+        builder.CONFIG_HASH_ANNOTATION
+    )
+
+
+def _rollout(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> status.Rollout:
     """The Deployment as its pods show it: a pod runs the current configuration when it
     carries the config hash just applied (the Deployment's own counters lag a scale or a
     roll by a moment, and a scale is no roll)."""
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas") or 0)
-    template = spec["template"]["metadata"].get("annotations") or {}
-    wanted = template.get(builder.CONFIG_HASH_ANNOTATION)
-    pods = [p for p in await _pods(context) if not p["metadata"].get("deletionTimestamp")]
+    wanted = _config_hash(deployment)
     updated = sum(
         1
         for p in pods
@@ -167,40 +175,42 @@ async def _rollout(context: Context, deployment: dict[str, Any]) -> status.Rollo
 
 
 async def _pods(context: Context) -> list[dict[str, Any]]:
-    return await context.kube.list(
+    """The serving pods that are not on their way out."""
+    pods = await context.kube.list(
         "v1", "Pod", context.namespace, builder.selector_string(context.name)
     )
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-async def _load_errors(context: Context) -> dict[str, str]:
+async def _load_errors(pods: list[dict[str, Any]]) -> dict[str, str]:
     """Per model, what a running but not-ready server pod says in /readyz (why an adapter
     did not load). Best effort: an unreachable pod tells nothing."""
     errors: dict[str, str] = {}
     timeout = aiohttp.ClientTimeout(total=READYZ_TIMEOUT_SECONDS)
-    for pod in await _pods(context):
-        st = pod.get("status") or {}
-        ready = conditions.find(st.get("conditions"), "Ready") or {}
-        if st.get("phase") != "Running" or ready.get("status") == "True" or not st.get("podIP"):
-            continue
-        url = f"http://{st['podIP']}:{builder.HTTP_PORT}/readyz"
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(url) as response,
-            ):
-                body = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
-            continue
-        models = body.get("models") if isinstance(body, dict) else None
-        for model in models or []:
-            if isinstance(model, dict) and model.get("error") and model.get("name"):
-                errors.setdefault(str(model["name"]), str(model["error"]))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for pod in pods:
+            st = pod.get("status") or {}
+            ready = conditions.find(st.get("conditions"), "Ready") or {}
+            if st.get("phase") != "Running" or ready.get("status") == "True":
+                continue
+            if not st.get("podIP"):
+                continue
+            url = f"http://{st['podIP']}:{builder.HTTP_PORT}/readyz"
+            try:
+                async with session.get(url) as response:
+                    body = await response.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                continue
+            models = body.get("models") if isinstance(body, dict) else None
+            for model in models or []:
+                if isinstance(model, dict) and model.get("error") and model.get("name"):
+                    errors.setdefault(str(model["name"]), str(model["error"]))
     return errors
 
 
-def _record_metrics(context: Context, fields: dict[str, Any]) -> None:
+def _record_metrics(context: Context, spec: PhiDeploymentSpec, fields: dict[str, Any]) -> None:
     ns, name = context.namespace, context.name
-    metrics.DEPLOYMENT_REPLICAS.labels(ns, name).set(context.parent["spec"].get("replicas", 1))
+    metrics.DEPLOYMENT_REPLICAS.labels(ns, name).set(spec.replicas)
     metrics.DEPLOYMENT_READY_REPLICAS.labels(ns, name).set(fields.get("readyReplicas", 0))
     adapters = fields.get("adapters") or []
     metrics.DEPLOYMENT_ADAPTERS.labels(ns, name).set(len(adapters))
@@ -219,11 +229,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
     for adapter in spec.adapters or []:
         found = await _resolve_adapter(context, adapter)
         previous = served_adapters.get(adapter.name)
-        source = (
-            f"fineTuneJob/{adapter.fine_tune_job_ref.name}"
-            if adapter.fine_tune_job_ref
-            else f"pvc/{adapter.pvc.claim_name}/{adapter.pvc.path}"  # type: ignore[union-attr]
-        )
+        source = builder.adapter_source(adapter)
         if isinstance(found, ResolvedAdapter):
             adapters.append(found)
             views.append(status.AdapterView(adapter.name, source, found.sha256, served=True))
@@ -263,17 +269,13 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         children = builder.build(context.parent, spec, context.config, inputs)
         children[1]["metadata"]["annotations"] = {SERVED_ANNOTATION: _encode(inputs)}
         applied = [await kube.apply(child) for child in children]
-        if not blocked and not waiting:
-            context.logger.info(f"serving {len(adapters)} adapter(s); config applied")
-        rollout = await _rollout(context, applied[1])
+        if _config_hash(applied[1]) != _config_hash(existing):
+            context.logger.info(f"rolling out a new configuration: {len(adapters)} adapter(s)")
+        pods = await _pods(context)
+        rollout = _rollout(applied[1], pods)
         if not rollout.current or rollout.ready < rollout.desired:
-            errors = await _load_errors(context)
-            views = [
-                status.AdapterView(
-                    v.name, v.source, v.sha256, v.served, v.waiting, errors.get(v.name)
-                )
-                for v in views
-            ]
+            errors = await _load_errors(pods)
+            views = [replace(v, load_error=errors.get(v.name)) for v in views]
     observation = status.DeploymentObservation(
         selector=builder.selector_string(name),
         endpoint=builder.endpoint(context.parent, spec),
@@ -285,7 +287,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         rollout=rollout,
     )
     observed, fields = status.compute(observation)
-    _record_metrics(context, fields)
+    _record_metrics(context, spec, fields)
     return observed, fields
 
 

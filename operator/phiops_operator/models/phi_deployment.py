@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from phiops_workload.serving import CONTEXT_PLACEHOLDER
 from pydantic import ConfigDict, Field, model_validator
 
 from phiops_operator.models.base import (
@@ -60,8 +61,8 @@ class Prompt(KubeModel):
 
     @model_validator(mode="after")
     def _has_placeholder(self) -> Prompt:
-        if self.context_template is not None and "{context}" not in self.context_template:
-            raise ValueError("contextTemplate must contain the placeholder {context}")
+        if self.context_template is not None and CONTEXT_PLACEHOLDER not in self.context_template:
+            raise ValueError(f"contextTemplate must contain the placeholder {CONTEXT_PLACEHOLDER}")
         return self
 
 
