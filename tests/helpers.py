@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +75,31 @@ def tiny_model_pod(folder: str = "tiny") -> dict[str, Any]:
             "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
         },
     }
+
+
+HostPaths = dict[Path, tuple[int, ...] | None]
+
+
+def host_paths(paths: Iterable[Path | str]) -> HostPaths:
+    """What the host holds at `paths` and at each of their parents (see `_host_entry`)."""
+    return {each: _host_entry(each) for path in paths for each in (Path(path), *Path(path).parents)}
+
+
+def _host_entry(path: Path) -> tuple[int, ...] | None:
+    """None where nothing is, a directory's inode, a file's (or link's) inode, size and mtime;
+    not a directory's mtime: other processes change /tmp's."""
+    if not os.path.lexists(path):
+        return None
+    info = path.lstat()
+    if stat.S_ISDIR(info.st_mode):
+        return (info.st_ino,)
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def remove_created(before: HostPaths) -> None:
+    """Remove what appeared where `before` saw nothing (so that a failing test cleans up)."""
+    for path in sorted((p for p, v in before.items() if v is None), key=lambda p: len(p.parts)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()

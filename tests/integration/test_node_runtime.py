@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from phiops_devcluster.node_runtime import GPU_NODE, NODE_NAMES, pod_log_path
 from phiops_devcluster.node_runtime.kube import ApiError, Kube
 
 from tests.conftest import Cluster
+from tests.helpers import host_paths, remove_created
 
 pytestmark = [
     pytest.mark.cluster,
@@ -184,7 +186,7 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
         },
     )
     claim = create_bound_claim(kube, "results")
-    host = tmp_path / "mnt"  # the mountPaths; on the host they must stay empty
+    host = tmp_path / "mnt"  # the mountPaths; on the host they must not even be made
     script = "\n".join(
         [
             "import os, pathlib, sys",
@@ -255,10 +257,10 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
     assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
     data_dir = Path(pv["spec"]["hostPath"]["path"])
     assert (data_dir / "result.txt").read_text() == "written by real-pod"
-    # The mounts lived in the container's private mount namespace only.
-    for mount_point in ("config", "data", "scratch"):
-        assert list((host / mount_point).iterdir()) == [], f"host {mount_point} polluted"
-    assert "model exploded" not in Path("/dev/termination-log").read_text()
+    # The mounts, and their mount points, lived in the container's mount namespace only.
+    assert not host.exists(), "mount points made on the host"
+    termination = Path("/dev/termination-log")
+    assert "model exploded" not in (termination.read_text() if termination.exists() else "")
 
     # The status we wrote is what the operator's clients parse.
     from kubernetes import client, config
@@ -275,7 +277,7 @@ def test_two_pods_mounting_one_claim_see_each_others_files(
     kube: Kube, cluster: Cluster, tmp_path: Path
 ) -> None:
     create_bound_claim(kube, "shared")
-    shared = tmp_path / "shared"  # the mountPath (stays empty on the host)
+    shared = tmp_path / "shared"  # the mountPath (not made on the host)
 
     def waiter(wait_for: str, then_write: str, text: str) -> str:
         return "\n".join(
@@ -343,6 +345,73 @@ def test_an_empty_dir_over_tmp_hides_neither_the_image_nor_other_mount_sources(
     assert pod["status"]["phase"] == "Succeeded", log_text(cluster, pod)
     assert container_status(pod)["state"]["terminated"]["message"] == "tmp is mine"
     assert not Path("/tmp/scratch").exists()  # the pod's /tmp, not the host's
+
+
+def test_pods_change_nothing_on_the_host_outside_the_state_folder(
+    kube: Kube, cluster: Cluster
+) -> None:
+    # The mount sources are in the state folder (under /tmp in tests, as when the checkout is
+    # cloned there), which the pod's own /tmp hides; its service-account token, its default
+    # termination file and a top-level mountPath need mount points the host does not have.
+    token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    top = f"/phiops-node-runtime-test-{uuid.uuid4().hex[:8]}"
+    kube.create(
+        f"/api/v1/namespaces/{NS}/configmaps",
+        {"metadata": {"name": "host-check"}, "data": {"greeting": "hello"}},
+    )
+    script = "\n".join(
+        [
+            "import pathlib, sys, time",
+            f"print('token=' + pathlib.Path('{token}/token').read_text()[:3])",
+            f"print('greeting=' + pathlib.Path('{top}/config/greeting').read_text())",
+            "pathlib.Path('/dev/termination-log').write_text('left no trace')",
+            "for _ in range(300):  # until the exec probe, in the container's root, saw it all",
+            "    if pathlib.Path('/tmp/probed').exists():",
+            "        sys.exit(0)",
+            "    time.sleep(0.1)",
+            "sys.exit(1)",
+        ]
+    )
+    probe = f"test -s {token}/token && test -s {top}/config/greeting && touch /tmp/probed"
+    before = host_paths(
+        [f"{top}/config", token, "/dev/termination-log", "/tmp", "/etc/hosts", "/etc/resolv.conf"]
+    )
+    try:
+        create_pod(
+            kube,
+            "no-host-writes",
+            {
+                "restartPolicy": "Never",
+                "containers": [
+                    python_container(
+                        script,
+                        readinessProbe={
+                            "exec": {"command": ["sh", "-c", probe]},
+                            "periodSeconds": 1,
+                        },
+                        volumeMounts=[
+                            {"name": "tmp", "mountPath": "/tmp"},
+                            {"name": "config", "mountPath": f"{top}/config"},
+                        ],
+                    )
+                ],
+                "volumes": [
+                    {"name": "tmp", "emptyDir": {}},
+                    {"name": "config", "configMap": {"name": "host-check"}},
+                ],
+            },
+        )
+        pod = wait_phase(kube, "no-host-writes", "Succeeded", "Failed")
+        assert pod["status"]["phase"] == "Succeeded", log_text(cluster, pod)
+        mounted = [m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]]
+        assert token in mounted  # (added by the ServiceAccount admission)
+        assert "token=eyJ" in log_text(cluster, pod)
+        assert "greeting=hello" in log_text(cluster, pod)
+        assert container_status(pod)["state"]["terminated"]["message"] == "left no trace"
+        # Nothing appeared or changed on the host at the mount targets or their parents.
+        assert host_paths(before) == before
+    finally:
+        remove_created(before)
 
 
 def test_gpu_pods_need_the_toleration(kube: Kube, cluster: Cluster) -> None:
@@ -522,7 +591,12 @@ def test_deleting_a_running_pod_stops_its_process(kube: Kube) -> None:
     running = wait_phase(kube, "sleeper", "Running")
     assert condition(running, "Ready")["status"] == "True"
     pid = int(container_status(running)["containerID"].removeprefix("phiops://"))
-    assert b"time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # Running is reported once the shim is started; it becomes the container when it execs.
+    eventually(
+        lambda: b"time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_bytes(),
+        timeout=10,
+        what="the container's command in its process",
+    )
     netns = Path("/run/netns") / ("phiops-" + created["metadata"]["uid"].replace("-", "")[:10])
     assert netns.exists()
 

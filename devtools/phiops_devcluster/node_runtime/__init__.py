@@ -35,6 +35,8 @@ Files, stable for tests (see `pod_log_path`):
         <container>.log          stdout+stderr of every run of that container, appended
         volumes/<volume>/        materialised configMap/secret/emptyDir/downwardAPI volumes
         termination/<container>  the file bound at the container's terminationMessagePath
+        layers/<container>/      (empty on the host) where the container's private tmpfs of
+                                 copy-on-write layers is mounted, in its mount namespace only
         etc-hosts                bound at /etc/hosts (rewritten in place as Services change)
         resolv.conf              bound at /etc/resolv.conf: no DNS server, so that names
                                  not in /etc/hosts fail at once instead of after 10 s
@@ -46,9 +48,12 @@ When a pod is deleted its volumes and termination files are removed; its `*.log`
 
 Limits (it is not a container runtime): containers see the host's filesystem with their volumes
 mounted over it, so a mountPath must not hide what the process needs (the checkout and its
-`.venv` under /work, /usr); missing mountPaths are created on the host as empty directories or
-files (e.g. /dev/termination-log). Images other than phiops's are not run. Requests and limits
-are not enforced; startupProbes, lifecycle hooks, ephemeral containers, projected
+`.venv` under /work, /usr). Nothing is created on the host outside STATE for a mountPath that
+is missing: it is made inside the runtime's own volume that holds it, else in a copy-on-write
+layer (an overlay on a private tmpfs) over its nearest existing directory (`/` for `/phiops/..`,
+`/dev` for /dev/termination-log), so what the container writes into that directory stays in the
+container, as in an image's writable layer. Images other than phiops's are not run. Requests
+and limits are not enforced; startupProbes, lifecycle hooks, ephemeral containers, projected
 serviceAccountToken sources and ConfigMap/Secret updates after start are not supported.
 Services: TCP only (UDP/SCTP ports are ignored); no NodePort/LoadBalancer/externalIPs
 listeners (their ClusterIP works), no sessionAffinity, no ExternalName (not resolvable), no

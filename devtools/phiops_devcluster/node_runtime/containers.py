@@ -182,6 +182,7 @@ class Sandbox:
 
     pod: Obj  # with status.podIP already filled in
     dir: Path
+    state_dir: Path  # the runtime's own folder: the only place it may change on the host
     network: PodNetwork
     volumes: dict[str, HostVolume]
     base_env: dict[str, str]
@@ -262,7 +263,8 @@ class Probe:
                     "--net",
                     "--mount",
                     "--uts",
-                    f"--wd={cwd}",
+                    "--root",  # the container's root (a layered one, when it needed one)
+                    f"--wdns={cwd}",
                     "--",
                     *self.spec["exec"]["command"],
                 ]
@@ -287,6 +289,7 @@ class ContainerRun:
         self.log_path = pod_dir / f"{self.name}.log"
         self.termination_path = pod_dir / "termination" / self.name
         self.spec_path = pod_dir / "specs" / f"{self.name}.json"
+        self.layers_path = pod_dir / "layers" / self.name
         self.restart_count = 0
         self.state = "waiting"
         self.waiting_reason, self.waiting_message = "ContainerCreating", ""
@@ -399,6 +402,7 @@ class ContainerRun:
         self.termination_path.parent.mkdir(parents=True, exist_ok=True)
         self.termination_path.write_bytes(b"")
         self.termination_path.chmod(0o666)
+        self.layers_path.mkdir(parents=True, exist_ok=True)
         self.spec_path.parent.mkdir(parents=True, exist_ok=True)
         self.spec_path.write_text(
             json.dumps(
@@ -406,6 +410,7 @@ class ContainerRun:
                     "netns": sandbox.network.netns_path,
                     "hostname": sandbox.pod["metadata"]["name"],
                     "mounts": mounts,
+                    "layers": str(self.layers_path),
                     "imagePaths": IMAGE_PATHS if self.real else [],
                     "workingDir": self.spec.get("workingDir") or "/",
                     "argv": argv,
@@ -437,6 +442,7 @@ class ContainerRun:
         )
 
     def _mounts(self, sandbox: Sandbox) -> list[dict[str, Any]]:
+        own = sandbox.state_dir.resolve()
         mounts: list[dict[str, Any]] = []
         for mount in self.spec.get("volumeMounts") or []:
             volume = sandbox.volumes.get(mount["name"])
@@ -453,6 +459,8 @@ class ContainerRun:
                     "source": str(source),
                     "target": mount["mountPath"],
                     "readOnly": bool(mount.get("readOnly")) or volume.read_only,
+                    # Mount points nested in it may be created there (not on other host paths).
+                    "ownVolume": source.resolve().is_relative_to(own),
                 }
             )
         mounts.append(

@@ -257,7 +257,12 @@ class PodWorker:
         if self.gpus:
             env["NVIDIA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus))
         return Sandbox(
-            pod=pod, dir=self.dir, network=self.network, volumes=self.volumes, base_env=env
+            pod=pod,
+            dir=self.dir,
+            state_dir=self.ctx.state_dir,
+            network=self.network,
+            volumes=self.volumes,
+            base_env=env,
         )
 
     def _drive(self, run: ContainerRun, sandbox: Sandbox) -> None:
@@ -414,7 +419,7 @@ class PodWorker:
         self.network = None
         self.ctx.gpus.release(self.uid)
         if remove_files:
-            for sub in ("volumes", "termination", "specs"):
+            for sub in ("volumes", "termination", "specs", "layers"):
                 shutil.rmtree(self.dir / sub, ignore_errors=True)
             for name in ("etc-hosts", "resolv.conf"):
                 (self.dir / name).unlink(missing_ok=True)
