@@ -137,10 +137,54 @@ def test_fine_tune_job_rejects_with_the_field_named(data: dict[str, Any], expect
         ),
         ({"replicas": -1}, "spec.replicas: Input should be greater than or equal to 0"),
         ({"service": {"port": 70000}}, "spec.service.port: Input should be less than or equal"),
+        (
+            {"engine": {"gpuMemoryUtilization": 1.5}},
+            "spec.engine.gpuMemoryUtilization: Input should be less than or equal to 1",
+        ),
+        (
+            {"engine": {"gpuMemoryUtilization": 0}},
+            "spec.engine.gpuMemoryUtilization: Input should be greater than 0",
+        ),
+        ({"engine": {"maxModelLen": 8}}, "spec.engine.maxModelLen: Input should be greater"),
+        ({"engine": {"maxNumSeqs": 0}}, "spec.engine.maxNumSeqs: Input should be greater"),
+        ({"engine": {"maxLoras": 0}}, "spec.engine.maxLoras: Input should be greater"),
+        (
+            {"engine": {"kvCacheSpaceGiB": -1}},
+            "spec.engine.kvCacheSpaceGiB: Input should be greater than 0",
+        ),
+        ({"engine": {"maxLoraRank": 48}}, "spec.engine.maxLoraRank: Input should be 1, 8, 16"),
+        ({"engine": {"maxBatchSize": 8}}, "spec.engine.maxBatchSize: Extra inputs"),
+        (
+            {"server": {"quantize": "nf4"}},
+            "spec: server.quantize nf4 needs resources.gpus >= 1",
+        ),
+        (
+            {"server": {"quantize": "nf4"}, "resources": {"gpus": 0}},
+            "spec: server.quantize nf4 needs resources.gpus >= 1",
+        ),
+        (
+            {"engine": {"kvCacheSpaceGiB": 4}, "resources": {"gpus": 1}},
+            "spec: engine.kvCacheSpaceGiB applies to CPU-only pods",
+        ),
     ],
 )
 def test_phi_deployment_rejects_with_the_field_named(data: dict[str, Any], expected: str) -> None:
     assert expected in error_of(PhiDeploymentSpec, data)
+
+
+def test_phi_deployment_engine_settings_and_nf4_on_gpus() -> None:
+    spec = PhiDeploymentSpec.model_validate(
+        {
+            "server": {"quantize": "nf4"},
+            "resources": {"gpus": 1},
+            "engine": {"maxLoraRank": 320, "kvCacheSpaceGiB": None, "maxModelLen": 4096},
+        }
+    )
+    assert spec.engine.max_lora_rank == 320
+    assert spec.engine.enable_prefix_caching is True
+    assert spec.to_wire()["engine"]["maxModelLen"] == 4096
+    cpu = PhiDeploymentSpec.model_validate({"engine": {"kvCacheSpaceGiB": 2.5}})
+    assert cpu.to_wire()["engine"]["kvCacheSpaceGiB"] == 2.5
 
 
 def test_unknown_fields_are_errors() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from phiops_workload.serving import CONTEXT_PLACEHOLDER
+from phiops_workload.serving import CONTEXT_PLACEHOLDER, LORA_RANKS
 from pydantic import ConfigDict, Field, model_validator
 
 from phiops_operator.models.base import (
@@ -74,10 +74,45 @@ class ServerSettings(KubeModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weights precision; `auto` picks bfloat16 on GPU and float32 on CPU."""
     quantize: Literal["none", "nf4"] = "none"
-    """Load the base 4-bit (adapters stay unmerged)."""
+    """`nf4`: load the base 4-bit with bitsandbytes (adapters stay unmerged). GPU only: a
+    PhiDeployment with `nf4` and `resources.gpus: 0` is refused (InvalidSpec)."""
     max_concurrent_requests: Annotated[int, Field(ge=1, le=65536)] = 64
-    """Requests admitted at once per replica (they generate one after another, in arrival
-    order); more are refused with 429 `rate_limit_exceeded`."""
+    """Requests admitted at once per replica (the engine batches them, `engine.maxNumSeqs` at
+    a time at most, and queues the rest); more are refused with 429 `rate_limit_exceeded`."""
+
+
+# The LoRA ranks the engine's kernels are built for, as the CRD's enum.
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+assert get_args(LoraRank) == LORA_RANKS, "LoraRank must follow phiops_workload.serving"
+
+
+class EngineSettings(KubeModel):
+    """vLLM engine settings. Changing any of them restarts the engine: the pods roll."""
+
+    max_model_len: Annotated[int, Field(ge=16, le=1048576)] | None = None
+    """Longest prompt plus completion, in tokens; unset: the model's own context length
+    (4096 for Phi-3-mini-4k). Lower it to fit the KV cache in less memory."""
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """Share of each GPU's memory the engine may take (weights, activations, KV cache);
+    lower it when something else shares the GPU."""
+    kv_cache_space_gib: Annotated[float, Field(gt=0, le=4096)] | None = Field(
+        default=None, alias="kvCacheSpaceGiB"
+    )
+    """CPU-only pods (`resources.gpus: 0`): GiB of memory reserved for the KV cache (vLLM's
+    VLLM_CPU_KVCACHE_SPACE); unset: vLLM's default. Count it in `resources.resources`."""
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """Sequences generated together in one batch at most; unset: vLLM's default."""
+    enforce_eager: bool = False
+    """Skip CUDA graphs and torch.compile: the pod starts faster, generates slower."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of a shared prompt prefix (the system prompt, retrieved context)."""
+    max_loras: Annotated[int, Field(ge=1, le=256)] | None = None
+    """Adapters served in one batch at most (each slot takes GPU memory); unset: sized from
+    the adapters served."""
+    max_lora_rank: LoraRank | None = None
+    """Largest adapter rank the engine accepts, one of 1, 8, 16, 32, 64, 128, 256, 320, 512;
+    unset: from the adapters present when the engine starts. Set it when an adapter of a
+    higher rank may be hot-loaded later (one whose FineTuneJob is still training)."""
 
 
 class ServiceSettings(KubeModel):
@@ -117,15 +152,28 @@ class PhiDeploymentSpec(KubeModel):
     """GPU, placement and image of the serving pods."""
     server: ServerSettings = Field(default_factory=ServerSettings)
     """Inference server settings."""
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    """Inference engine (vLLM) settings; the number of GPUs it spreads the model over (tensor
+    parallelism) is `resources.gpus`."""
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     """Service settings."""
 
     @model_validator(mode="after")
-    def _unique_adapters(self) -> PhiDeploymentSpec:
+    def _consistent(self) -> PhiDeploymentSpec:
         names = [a.name for a in self.adapters or []]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"adapters: names must be unique (repeated: {', '.join(duplicates)})")
+        if self.server.quantize == "nf4" and self.resources.gpus == 0:
+            raise ValueError(
+                "server.quantize nf4 needs resources.gpus >= 1 (the engine loads a 4-bit base "
+                "on GPUs only)"
+            )
+        if self.engine.kv_cache_space_gib is not None and self.resources.gpus > 0:
+            raise ValueError(
+                "engine.kvCacheSpaceGiB applies to CPU-only pods; with resources.gpus > 0 the "
+                "KV cache is sized by engine.gpuMemoryUtilization"
+            )
         return self
 
 
@@ -141,9 +189,11 @@ class AdapterStatus(KubeModel):
     sha256: str | None = None
     """Digest of adapter_model.safetensors."""
     loaded: bool = False
-    """Whether every ready replica has it loaded."""
+    """Whether every ready replica has it loaded (at this sha256)."""
+    loaded_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Ready replicas that have it loaded (at this sha256)."""
     message: str | None = None
-    """Why it is not loaded."""
+    """Why it is not loaded (what its FineTuneJob does, what a replica says about it)."""
 
 
 class KnowledgeBaseStatusRef(KubeModel):
