@@ -464,6 +464,7 @@ def fixture_objects() -> dict[str, dict[str, Any]]:
     (phiops_operator.status.<kind>.compute, conditions.merge, status.common.invalid_spec), so a
     change of their shape shows up here, and the health and kstatus tests judge it again."""
     from phiops_operator import conditions
+    from phiops_operator.adapter_sync import AdapterState
     from phiops_operator.status import fine_tune_job as ftj
     from phiops_operator.status import knowledge_base as kb
     from phiops_operator.status import phi_deployment as phid
@@ -591,6 +592,27 @@ def fixture_objects() -> dict[str, dict[str, Any]]:
         "support-bot",
         4,
         status(phid_obs(blocked=(adapter_failed,), rollout=None), 4),
+    )
+    # The base (and any ready adapter) serves while a declared adapter's job still trains.
+    training_view = phid.AdapterView(
+        "tone", "fineTuneJob/support-tone", None, served=False, waiting=adapter_training
+    )
+    out["phideployment-adapter-training"] = _object(
+        "PhiDeployment",
+        "support-bot",
+        4,
+        status(phid_obs(blocked=(adapter_training,), adapters=(training_view,)), 4),
+    )
+    # Every ready pod refused to load an adapter (a bad folder): the base serves, not it.
+    refused = phid.AdapterView(
+        "tone",
+        "fineTuneJob/support-tone",
+        "ab" * 32,
+        served=True,
+        state=AdapterState(2, 0, 0, error="support-bot-server-x: not a LoRA adapter"),
+    )
+    out["phideployment-adapter-load-failed"] = _object(
+        "PhiDeployment", "support-bot", 4, status(phid_obs(adapters=(refused,)), 4)
     )
     out["phideployment-rollout-stuck"] = _object(
         "PhiDeployment",

@@ -41,6 +41,10 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     # Ready (the previous configuration serves) but Reconciling (new inputs pending).
     "phideployment-serving-previous": ("Progressing", "InProgress"),
     "phideployment-adapter-failed": ("Degraded", "Failed"),
+    # The base serves; a declared adapter's job still trains: not Ready, Reconciling.
+    "phideployment-adapter-training": ("Progressing", "InProgress"),
+    # The base serves; no pod can load a declared adapter: Stalled.
+    "phideployment-adapter-load-failed": ("Degraded", "Failed"),
     # Serving, but the rollout of new pods is stuck (Degraded=True): Argo CD shows it, as it
     # does for a Deployment past its progress deadline; kstatus reads only Ready here.
     "phideployment-rollout-stuck": ("Degraded", "Current"),

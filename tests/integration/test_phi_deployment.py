@@ -157,14 +157,15 @@ def ready_reason(cluster: Cluster, reason: str, what: str, timeout: float = 60) 
 
 @pytest.fixture(scope="module")
 def deployed(stack: Cluster) -> dict[str, Any]:
-    """The PhiDeployment created BEFORE its FineTuneJob: it waits with AdapterNotReady and
-    deploys nothing; once the job succeeds it rolls out with the adapter by itself."""
+    """The PhiDeployment created BEFORE its FineTuneJob: the base model is deployed at once
+    while the adapter waits (AdapterNotReady); once the job succeeds its adapter is loaded
+    into the running pods by itself."""
     stack.apply(phi_deployment(), NS)
     waiting = ready_reason(stack, "AdapterNotReady", "the deployment to wait for its adapter")
     assert condition(waiting, "Ready")["status"] == "False"
     assert waiting["status"]["adapters"][0]["loaded"] is False
     assert "FineTuneJob tone" in waiting["status"]["adapters"][0]["message"]
-    assert get(stack, "deployment", "assistant-server") is None
+    assert get(stack, "deployment", "assistant-server") is not None  # the base goes ahead
 
     stack.apply(fine_tune_job(), NS)
     trained = eventually(
@@ -300,7 +301,7 @@ def test_kubectl_scale_changes_the_replica_count(stack: Cluster, deployed: dict[
     )
 
 
-def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
+def test_a_retrained_adapter_is_loaded_hot_while_the_old_one_keeps_serving(
     stack: Cluster, deployed: dict[str, Any], client: openai.OpenAI
 ) -> None:
     before = get(stack, "deployment", "assistant-server")
@@ -337,14 +338,16 @@ def test_a_retrained_adapter_rolls_out_while_the_old_one_keeps_serving(
             and o["status"]["adapters"][0].get("sha256") == new_sha
             and o
         ),
-        what="the deployment to roll to the retrained adapter",
+        what="the deployment to load the retrained adapter",
     )
     assert rolled["status"]["adapters"][0]["loaded"] is True
     assert rolled["status"]["adapters"][0]["source"] == "fineTuneJob/tone-v2"
     after = get(stack, "deployment", "assistant-server")
     assert after is not None
+    # Adapters are loaded into the running engine: its configuration did not change (the
+    # pods rolled once, to mount tone-v2's output claim when it appeared).
     assert (
-        after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] != old_hash
+        after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] == old_hash
     )
 
 
@@ -381,21 +384,22 @@ def test_an_adapter_that_cannot_load_is_reported_on_that_adapter(
         reported = eventually(
             lambda: (
                 (o := get(stack, "phid", "half-broken"))
-                and any(
-                    a["name"] == "bad" and a.get("message") not in (None, "rolling out")
-                    for a in (o.get("status") or {}).get("adapters", [])
-                )
+                and condition(o, "Ready").get("reason") == "AdapterLoadFailed"
                 and o
             ),
             timeout=180,
             what="the adapter's load error in status",
         )
         adapters = {a["name"]: a for a in reported["status"]["adapters"]}
+        # A failed adapter no longer keeps the pod from serving the base and the others.
         assert adapters["bad"]["loaded"] is False
-        assert adapters["good"]["loaded"] is False  # no pod is ready: none serves it yet
-        assert "bad" not in (adapters["good"].get("message") or "")
+        assert adapters["bad"]["message"].startswith("half-broken-server-")
+        assert adapters["good"]["loaded"] is True
+        assert "message" not in adapters["good"]
         assert condition(reported, "Ready")["status"] == "False"
-        assert reported["status"]["adaptersReady"] == "0/2"
+        assert condition(reported, "Degraded")["status"] == "True"
+        assert reported["status"]["readyReplicas"] == 1
+        assert reported["status"]["adaptersReady"] == "1/2"
     finally:
         stack.kubectl("delete", "-n", NS, "phid", "half-broken", "--wait=false")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -153,17 +154,115 @@ def test_gpus_are_requested_and_the_gpu_taint_tolerated() -> None:
     assert "tolerations" not in pod_spec(build())
 
 
-def test_a_new_adapter_digest_or_collection_rolls_the_pods_and_nothing_else_does() -> None:
-    def digest(inputs: Inputs = INPUTS, spec: dict[str, Any] = SPEC) -> str:
-        template = build(spec, inputs)[1]["spec"]["template"]
-        return str(template["metadata"]["annotations"][builder.CONFIG_HASH_ANNOTATION])
+def digest(inputs: Inputs = INPUTS, spec: dict[str, Any] = SPEC) -> str:
+    template = build(spec, inputs)[1]["spec"]["template"]
+    return str(template["metadata"]["annotations"][builder.CONFIG_HASH_ANNOTATION])
 
+
+def test_adapters_change_the_config_but_not_the_pod_template() -> None:
     retrained = ResolvedAdapter("tone", "tone-job-output", ".", "fineTuneJob/tone-job", "b" * 64)
-    moved = ResolvedKnowledgeBase(**{**KB.__dict__, "collection": "kb_other"})
-    assert digest() == digest()
-    assert digest(Inputs((retrained, LEGAL), KB)) != digest()
-    assert digest(Inputs((TONE, LEGAL), moved)) != digest()
+    before = build()
+    for inputs in (
+        Inputs((retrained, LEGAL), KB),  # a retrained adapter
+        Inputs((LEGAL,), KB, claims=("tone-job-output",)),  # an adapter not there yet
+        Inputs((TONE, LEGAL, replace(LEGAL, name="legal-2", path="adapters/l2")), KB),  # new
+    ):
+        after = build(inputs=inputs)
+        assert after[1]["spec"]["template"] == before[1]["spec"]["template"], inputs
+        assert served(after).adapters != served(before).adapters  # new pods start with them
     assert digest(spec={**SPEC, "replicas": 3}) == digest()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"engine": {"maxModelLen": 2048}},
+        {"engine": {"enforceEager": True}},
+        {"engine": {"maxLoraRank": 64}},
+        {"engine": {"enablePrefixCaching": False}},
+        {"server": {"maxNewTokens": 32}},
+        {"server": {"dtype": "float16"}},
+        {"prompt": {"systemPrompt": "Be long."}},
+        {"model": {"name": "tiny-phi3-b", "pvc": {"claimName": "models", "path": "b"}}},
+        {"resources": {"gpus": 2}},
+    ],
+)
+def test_what_needs_an_engine_restart_rolls_the_pods(change: dict[str, Any]) -> None:
+    assert digest(spec={**SPEC, **change}) != digest()
+
+
+def test_a_new_collection_rolls_the_pods() -> None:
+    moved = ResolvedKnowledgeBase(**{**KB.__dict__, "collection": "kb_other"})
+    assert digest(Inputs((TONE, LEGAL), moved)) != digest()
+
+
+def test_engine_settings_are_rendered_and_gpus_spread_the_model() -> None:
+    spec = {
+        **SPEC,
+        "resources": {"gpus": 4},
+        "server": {"quantize": "nf4"},
+        "engine": {
+            "maxModelLen": 2048,
+            "gpuMemoryUtilization": 0.8,
+            "maxNumSeqs": 32,
+            "enforceEager": True,
+            "enablePrefixCaching": False,
+            "maxLoras": 4,
+            "maxLoraRank": 64,
+        },
+    }
+    config = served(build(spec))
+    engine = config.engine
+    assert (engine.max_model_len, engine.gpu_memory_utilization, engine.max_num_seqs) == (
+        2048,
+        0.8,
+        32,
+    )
+    assert (engine.enforce_eager, engine.enable_prefix_caching) == (True, False)
+    assert (engine.max_loras, engine.max_lora_rank) == (4, 64)
+    assert engine.tensor_parallel_size == 4
+    assert engine.kv_cache_space_gib is None
+    assert config.quantize == "nf4"
+
+
+@pytest.mark.parametrize(("gpus", "parallel"), [(0, 1), (1, 1), (2, 2)])
+def test_tensor_parallelism_follows_the_gpus(gpus: int, parallel: int) -> None:
+    config = served(build({**SPEC, "resources": {"gpus": gpus}}))
+    assert config.engine.tensor_parallel_size == parallel
+
+
+def test_engine_defaults_and_the_cpu_kv_cache() -> None:
+    engine = served(build()).engine
+    assert engine.enable_prefix_caching is True and engine.enforce_eager is False
+    assert engine.max_lora_rank is None and engine.max_model_len is None
+    cpu = served(build({**SPEC, "engine": {"kvCacheSpaceGiB": 6}})).engine
+    assert cpu.kv_cache_space_gib == 6
+
+
+def test_the_admin_port_is_on_the_pod_and_not_behind_the_service() -> None:
+    children = build()
+    config = served(children)
+    assert config.admin_port == builder.ADMIN_PORT == 8001
+    assert config.port == 8000
+    ports = pod_spec(children)["containers"][0]["ports"]
+    assert {p["name"]: p["containerPort"] for p in ports} == {"http": 8000, "admin": 8001}
+    service_ports = children[2]["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
+    assert config.work_dir is not None and config.work_dir.startswith(builder.CACHE_DIR)
+
+
+def test_claims_of_adapters_not_there_yet_are_mounted_in_name_order() -> None:
+    inputs = Inputs((LEGAL,), KB, claims=("tone-job-output", "a-claim", "models"))
+    pod = pod_spec(build(inputs=inputs))
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["a-claim", "models", "tone-job-output"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/phiops/volumes/tone-job-output" in mounts
+    assert served(build(inputs=inputs)).adapters[0].name == "legal"
 
 
 @pytest.mark.parametrize("replicas", [0, 3])

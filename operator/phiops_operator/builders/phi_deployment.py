@@ -2,6 +2,10 @@
 
 The handler resolves what the spec refers to (FineTuneJob adapters, the KnowledgeBase's
 store) into `Inputs`; everything here is a pure function of the spec and those inputs.
+
+The pods roll only for what needs an engine restart (`config_hash`) or a new volume; the
+adapters are loaded and unloaded in the running pods through the server's admin port
+(`phiops_operator.adapter_sync`), so a new or retrained adapter restarts nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 
 from phiops_workload.serving import (
     CONFIG_FILE,
+    DEFAULT_ADMIN_PORT,
     AdapterConfig,
+    EngineConfig,
     RetrievalConfig,
     ServeConfig,
 )
@@ -41,6 +47,8 @@ VOLUMES_DIR = "/phiops/volumes"
 SECRETS_DIR = "/phiops/secrets"
 CACHE_DIR = "/phiops/cache"
 HTTP_PORT = 8000
+# Adapter loading and unloading, for the operator only: no Service port leads there.
+ADMIN_PORT = DEFAULT_ADMIN_PORT
 
 RESTRICTED_POD = {
     "runAsNonRoot": True,
@@ -80,7 +88,12 @@ class ResolvedKnowledgeBase:
 @dataclass(frozen=True)
 class Inputs:
     adapters: tuple[ResolvedAdapter, ...] = ()
+    """The adapters to serve now (in the config, loaded at start and hot)."""
     knowledge_base: ResolvedKnowledgeBase | None = None
+    claims: tuple[str, ...] = ()
+    """More claims to mount: a FineTuneJob's output claim before its adapter is there (to
+    hot-load it when the job succeeds), a claim no adapter needs any more (until the pods
+    roll anyway)."""
 
 
 def adapter_source(adapter: Adapter) -> str:
@@ -139,6 +152,7 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
         )
     prompt = spec.prompt
     server = spec.server
+    engine = spec.engine
     return ServeConfig(
         base_model_path=base_path,
         base_model_name=model.name,
@@ -153,17 +167,42 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
         max_new_tokens=server.max_new_tokens,
         dtype=server.dtype,
         quantize=server.quantize,
+        engine=EngineConfig(
+            max_model_len=engine.max_model_len,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            kv_cache_space_gib=engine.kv_cache_space_gib,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=max(1, spec.resources.gpus),
+            enforce_eager=engine.enforce_eager,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            max_loras=engine.max_loras,
+            max_lora_rank=engine.max_lora_rank,
+        ),
         max_concurrent_requests=server.max_concurrent_requests,
         retrieval=retrieval,
         system_prompt=prompt.system_prompt if prompt else None,
         context_template=prompt.context_template if prompt else None,
         port=HTTP_PORT,
+        admin_port=ADMIN_PORT,
+        # On the pod's emptyDir: compile caches outlive a container restart.
+        work_dir=f"{CACHE_DIR}/engine",
     )
 
 
 def config_hash(config: ServeConfig) -> str:
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    """What a change of restarts the engine: everything but the adapters, which the server
+    loads and unloads while it runs."""
+    text = json.dumps(config.model_dump(mode="json", exclude={"adapters"}), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def claims(spec: PhiDeploymentSpec, inputs: Inputs) -> list[str]:
+    """The claims the pods mount, in name order: the same claims make the same pod template,
+    whichever model or adapter needs them."""
+    names = {a.claim_name for a in inputs.adapters} | set(inputs.claims)
+    if spec.model.pvc is not None:
+        names.add(spec.model.pvc.claim_name)
+    return sorted(names)
 
 
 def _volumes(
@@ -179,11 +218,7 @@ def _volumes(
     ]
     # One volume per claim, however many models live on it (a pod may not mount one claim
     # under two volume names on every storage driver).
-    claims: list[str] = []
-    if spec.model.pvc is not None:
-        claims.append(spec.model.pvc.claim_name)
-    claims += [a.claim_name for a in inputs.adapters]
-    for index, claim_name in enumerate(dict.fromkeys(claims)):
+    for index, claim_name in enumerate(claims(spec, inputs)):
         volume = f"claim-{index}"
         volumes.append(
             {
@@ -212,8 +247,9 @@ def deployment(
     config: OperatorConfig,
     inputs: Inputs,
 ) -> dict[str, Any]:
-    """The serving pods; the pod template carries the config's hash, so a new adapter or
-    collection rolls the pods."""
+    """The serving pods; the pod template carries the config's hash, so what needs an engine
+    restart (the base model, engine settings, retrieval, prompt, limits) rolls the pods, and
+    adapters do not."""
     parent_name = parent["metadata"]["name"]
     res = spec.resources
     volumes, mounts = _volumes(parent_name, spec, inputs)
@@ -232,9 +268,13 @@ def deployment(
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": env,
         # protocol is a list-map key: server-side apply (1.20) fails without it.
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        # /healthz answers while the model loads; /readyz only once base, every adapter and
-        # the knowledge base are in: a pod takes traffic when it can answer every model id.
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        # /healthz answers while the model loads; /readyz only once the base is loaded, every
+        # adapter of the config has been tried (one that fails is reported, not fatal) and
+        # the knowledge base is in.
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
             "periodSeconds": 10,

@@ -1,16 +1,23 @@
 """Kopf glue for PhiDeployment: resolve adapters and knowledge base -> config, Deployment,
-Service -> status, on change and on a timer (a FineTuneJob succeeding, pods turning ready)."""
+Service -> adapters loaded into the running pods -> status, on change and on a timer (a
+FineTuneJob succeeding, pods turning ready)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import asdict, replace
 from typing import Any
 
 import aiohttp
 import kopf
+from phiops_workload.serving import ServeConfig
+from pydantic import ValidationError
 
-from phiops_operator import GROUP, VERSION, conditions, metrics
+from phiops_operator import GROUP, VERSION, adapter_sync, conditions, metrics, serving_client
+from phiops_operator.adapter_sync import PodReport, Request
+from phiops_operator.builders import fine_tune_job as fine_tune_job_builder
 from phiops_operator.builders import phi_deployment as builder
 from phiops_operator.builders.phi_deployment import (
     Inputs,
@@ -18,6 +25,7 @@ from phiops_operator.builders.phi_deployment import (
     ResolvedKnowledgeBase,
 )
 from phiops_operator.models.base import SecretKeyRef
+from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import PHI_DEPLOYMENT
 from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
 from phiops_operator.models.phi_deployment import Adapter, PhiDeploymentSpec
@@ -27,7 +35,10 @@ from phiops_operator.status.phi_deployment import Dependency
 
 TIMER_SECONDS = 5
 SERVED_ANNOTATION = "phiops.dev/served-inputs"
-READYZ_TIMEOUT_SECONDS = 2.0
+# A load or unload asked of a pod is not asked of it again sooner (whatever came of it).
+REQUEST_SPACING_SECONDS = 60.0
+REQUESTS_MEMO = "adapter_requests"
+PARALLEL_PODS = 16
 # Container states a rollout does not recover from by waiting.
 STUCK_WAITING_REASONS = {
     "CrashLoopBackOff",
@@ -60,24 +71,52 @@ def _ftj_adapter(
     return Dependency("adapter", message, failed=phase == "Failed")
 
 
-async def _resolve_adapter(context: Context, adapter: Adapter) -> ResolvedAdapter | Dependency:
+def _output_claim(ftj: dict[str, Any]) -> str | None:
+    """The claim a FineTuneJob writes its adapter to (None if its spec is invalid)."""
+    try:
+        spec = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
+    except ValidationError:
+        return None
+    claim, _ = fine_tune_job_builder.output_location(ftj["metadata"]["name"], spec)
+    return claim
+
+
+async def _mountable(context: Context, claim_name: str) -> bool:
+    """The claim exists, is not being deleted, and may be mounted beside its writer (not
+    ReadWriteOncePod)."""
+    claim = await context.kube.get("v1", "PersistentVolumeClaim", context.namespace, claim_name)
+    if claim is None or claim["metadata"].get("deletionTimestamp"):
+        return False
+    modes = (claim.get("spec") or {}).get("accessModes") or []
+    return modes != ["ReadWriteOncePod"]
+
+
+async def _resolve_adapter(
+    context: Context, adapter: Adapter
+) -> tuple[ResolvedAdapter | Dependency, str | None]:
+    """The adapter, or why it is not there; and, for a FineTuneJob that has not succeeded,
+    its output claim to mount now (so its adapter is loaded hot when it is written)."""
     kube, ns = context.kube, context.namespace
     if adapter.fine_tune_job_ref is not None:
         ref = adapter.fine_tune_job_ref.name
         ftj = await kube.get(f"{GROUP}/{VERSION}", "FineTuneJob", ns, ref)
-        return _ftj_adapter(adapter.name, ftj, ref, builder.adapter_source(adapter))
+        found = _ftj_adapter(adapter.name, ftj, ref, builder.adapter_source(adapter))
+        claim = _output_claim(ftj) if ftj is not None and isinstance(found, Dependency) else None
+        if claim is not None and not await _mountable(context, claim):
+            claim = None
+        return found, claim
     assert adapter.pvc is not None  # the model guarantees exactly one source
-    claim = adapter.pvc.claim_name
-    if await kube.get("v1", "PersistentVolumeClaim", ns, claim) is None:
-        return Dependency(
-            "adapter", f"adapter {adapter.name}: PersistentVolumeClaim {claim} not found"
-        )
-    return ResolvedAdapter(
+    claim_name = adapter.pvc.claim_name
+    if await kube.get("v1", "PersistentVolumeClaim", ns, claim_name) is None:
+        message = f"adapter {adapter.name}: PersistentVolumeClaim {claim_name} not found"
+        return Dependency("adapter", message), None
+    resolved = ResolvedAdapter(
         name=adapter.name,
-        claim_name=claim,
+        claim_name=claim_name,
         path=adapter.pvc.path,
         source=builder.adapter_source(adapter),
     )
+    return resolved, None
 
 
 def _knowledge_base(name: str, kb: dict[str, Any] | None) -> ResolvedKnowledgeBase | Dependency:
@@ -132,26 +171,45 @@ def _encode(inputs: Inputs) -> str:
     return json.dumps(asdict(inputs), sort_keys=True, default=lambda ref: ref.to_wire())
 
 
+def _template(deployment: dict[str, Any] | None) -> dict[str, Any]:
+    template: dict[str, Any] = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return template
+
+
 def _config_hash(deployment: dict[str, Any] | None) -> str | None:
-    """The config hash a Deployment's pod template carries (what its pods should run)."""
-    template = ((deployment or {}).get("spec") or {}).get("template") or {}
-    return (template.get("metadata", {}).get("annotations") or {}).get(
-        builder.CONFIG_HASH_ANNOTATION
+    """The config hash a Deployment's pod template carries (what its pods' engine runs)."""
+    annotations = _template(deployment).get("metadata", {}).get("annotations") or {}
+    return annotations.get(builder.CONFIG_HASH_ANNOTATION)
+
+
+def _claims_in(pod_spec: dict[str, Any] | None) -> list[str]:
+    """The claims a pod (spec) mounts, in name order."""
+    volumes = (pod_spec or {}).get("volumes") or []
+    return sorted(
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
     )
+
+
+def _mounted_claims(deployment: dict[str, Any] | None) -> list[str]:
+    return _claims_in(_template(deployment).get("spec"))
+
+
+def _current(pod: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    """The pod runs the Deployment's current template, as far as serving goes: the same
+    engine configuration and the same claims (an adapter is loaded only where its claim is)."""
+    annotations = pod["metadata"].get("annotations") or {}
+    return annotations.get(builder.CONFIG_HASH_ANNOTATION) == _config_hash(
+        deployment
+    ) and _claims_in(pod.get("spec")) == _mounted_claims(deployment)
 
 
 def _rollout(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> status.Rollout:
-    """The Deployment as its pods show it: a pod runs the current configuration when it
-    carries the config hash just applied (the Deployment's own counters lag a scale or a
-    roll by a moment, and a scale is no roll)."""
+    """The Deployment as its pods show it: a pod is updated when it runs the template just
+    applied (the Deployment's own counters lag a scale or a roll by a moment, and a scale
+    is no roll)."""
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas") or 0)
-    wanted = _config_hash(deployment)
-    updated = sum(
-        1
-        for p in pods
-        if (p["metadata"].get("annotations") or {}).get(builder.CONFIG_HASH_ANNOTATION) == wanted
-    )
+    updated = sum(_current(p, deployment) for p in pods)
     stuck = None
     progressing = conditions.find(st.get("conditions"), "Progressing") or {}
     if progressing.get("reason") == "ProgressDeadlineExceeded":
@@ -182,30 +240,71 @@ async def _pods(context: Context) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-async def _load_errors(pods: list[dict[str, Any]]) -> dict[str, str]:
-    """Per model, what a running but not-ready server pod says in /readyz (why an adapter
-    did not load). Best effort: an unreachable pod tells nothing."""
-    errors: dict[str, str] = {}
-    timeout = aiohttp.ClientTimeout(total=READYZ_TIMEOUT_SECONDS)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for pod in pods:
-            st = pod.get("status") or {}
-            ready = conditions.find(st.get("conditions"), "Ready") or {}
-            if st.get("phase") != "Running" or ready.get("status") == "True":
-                continue
-            if not st.get("podIP"):
-                continue
-            url = f"http://{st['podIP']}:{builder.HTTP_PORT}/readyz"
-            try:
-                async with session.get(url) as response:
-                    body = await response.json(content_type=None)
-            except (TimeoutError, aiohttp.ClientError, ValueError):
-                continue
-            models = body.get("models") if isinstance(body, dict) else None
-            for model in models or []:
-                if isinstance(model, dict) and model.get("error") and model.get("name"):
-                    errors.setdefault(str(model["name"]), str(model["error"]))
-    return errors
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    ready = conditions.find((pod.get("status") or {}).get("conditions"), "Ready") or {}
+    return ready.get("status") == "True"
+
+
+async def _sync_pod(
+    context: Context,
+    session: aiohttp.ClientSession,
+    serve: ServeConfig,
+    pod: dict[str, Any],
+    current: bool,
+    requests: dict[tuple[str, Request], float],
+) -> PodReport:
+    """Read one pod's /readyz and, when it runs the current template, load and unload
+    adapters until it serves what `serve` lists. Best effort: a pod that does not answer is
+    reported as such."""
+    name, st = pod["metadata"]["name"], pod.get("status") or {}
+    report = PodReport(name, ready=_pod_ready(pod), current=current)
+    ip = st.get("podIP")
+    if st.get("phase") != "Running" or not ip:
+        return report
+    found = await serving_client.read_models(session, ip, builder.HTTP_PORT)
+    if found is None or not current:
+        return replace(report, models=found)
+    recent = {request for (pod_name, request) in requests if pod_name == name}
+    todo = adapter_sync.plan(serve.adapters, found, serve.base_model_name, recent)
+    models = dict(found)
+    now = time.monotonic()
+    for want in todo.load:
+        requests[(name, adapter_sync.load_request(want))] = now
+        model = await serving_client.load(session, ip, builder.ADMIN_PORT, want)
+        models[want.name] = model
+        if model.error:
+            context.logger.warning(f"pod {name}: adapter {want.name} not loaded: {model.error}")
+        elif model.loaded:
+            context.logger.info(f"pod {name}: loaded adapter {want.name} ({want.source})")
+    for model_name in todo.unload:
+        requests[(name, adapter_sync.unload_request(model_name))] = now
+        error = await serving_client.unload(session, ip, builder.ADMIN_PORT, model_name)
+        if error:
+            context.logger.warning(f"pod {name}: adapter {model_name} not unloaded: {error}")
+        else:
+            models.pop(model_name, None)
+            context.logger.info(f"pod {name}: unloaded adapter {model_name}")
+    return replace(report, models=models)
+
+
+async def _sync_adapters(
+    context: Context, serve: ServeConfig, deployment: dict[str, Any], pods: list[dict[str, Any]]
+) -> list[PodReport]:
+    """Every serving pod's report, after bringing the adapters of those on the current
+    template to `serve.adapters` (one HTTP session, pods in parallel)."""
+    requests: dict[tuple[str, Request], float] = context.memo.setdefault(REQUESTS_MEMO, {})
+    now = time.monotonic()
+    for key in [k for k, when in requests.items() if now - when >= REQUEST_SPACING_SECONDS]:
+        del requests[key]
+    limit = asyncio.Semaphore(PARALLEL_PODS)
+    async with aiohttp.ClientSession() as session:
+
+        async def one(pod: dict[str, Any]) -> PodReport:
+            async with limit:
+                current = _current(pod, deployment)
+                return await _sync_pod(context, session, serve, pod, current, requests)
+
+        return list(await asyncio.gather(*(one(pod) for pod in pods)))
 
 
 def _record_metrics(context: Context, spec: PhiDeploymentSpec, fields: dict[str, Any]) -> None:
@@ -225,9 +324,12 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
     blocked: list[Dependency] = []
     waiting: list[Dependency] = []
     adapters: list[ResolvedAdapter] = []
+    early_claims: list[str] = []
     views: list[status.AdapterView] = []
     for adapter in spec.adapters or []:
-        found = await _resolve_adapter(context, adapter)
+        found, claim = await _resolve_adapter(context, adapter)
+        if claim is not None:
+            early_claims.append(claim)
         previous = served_adapters.get(adapter.name)
         source = builder.adapter_source(adapter)
         if isinstance(found, ResolvedAdapter):
@@ -240,6 +342,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
                 status.AdapterView(adapter.name, source, previous.sha256, True, waiting=found)
             )
         else:
+            # Not served until it is there: the base and the other adapters go ahead.
             blocked.append(found)
             views.append(status.AdapterView(adapter.name, source, None, False, waiting=found))
 
@@ -264,18 +367,38 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         )
 
     rollout = None
-    if existing is not None or not blocked:
-        inputs = Inputs(adapters=tuple(adapters), knowledge_base=knowledge)
+    if existing is not None or all(d.what == "adapter" for d in blocked):
+        inputs = Inputs(
+            adapters=tuple(adapters), knowledge_base=knowledge, claims=tuple(early_claims)
+        )
+        serve = builder.serve_config(spec, inputs)
+        if existing is not None and builder.config_hash(serve) == _config_hash(existing):
+            # The pods do not roll for this change: they keep the claims they mount (a claim
+            # no adapter needs any more would roll them only to unmount it) while it lasts.
+            needed = set(builder.claims(spec, inputs))
+            keep = [
+                claim
+                for claim in _mounted_claims(existing)
+                if claim not in needed and await _mountable(context, claim)
+            ]
+            inputs = replace(inputs, claims=(*inputs.claims, *keep))
         children = builder.build(context.parent, spec, context.config, inputs)
         children[1]["metadata"]["annotations"] = {SERVED_ANNOTATION: _encode(inputs)}
         applied = [await kube.apply(child) for child in children]
         if _config_hash(applied[1]) != _config_hash(existing):
-            context.logger.info(f"rolling out a new configuration: {len(adapters)} adapter(s)")
+            context.logger.info("rolling out a new engine configuration")
+        elif (claims := _mounted_claims(applied[1])) != _mounted_claims(existing):
+            context.logger.info(f"rolling out to mount the claims {', '.join(claims)}")
         pods = await _pods(context)
         rollout = _rollout(applied[1], pods)
-        if not rollout.current or rollout.ready < rollout.desired:
-            errors = await _load_errors(pods)
-            views = [replace(v, load_error=errors.get(v.name)) for v in views]
+        reports = await _sync_adapters(context, serve, applied[1], pods)
+        wanted = {a.name: a for a in serve.adapters}
+        views = [
+            replace(v, state=adapter_sync.observe(wanted[v.name], reports))
+            if v.name in wanted
+            else v
+            for v in views
+        ]
     observation = status.DeploymentObservation(
         selector=builder.selector_string(name),
         endpoint=builder.endpoint(context.parent, spec),

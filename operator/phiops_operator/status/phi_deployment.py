@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from phiops_operator import conditions
+from phiops_operator.adapter_sync import AdapterState
 from phiops_operator.conditions import Observation
 from phiops_operator.status.common import ACCEPTED
 
@@ -29,10 +30,10 @@ class AdapterView:
     source: str
     sha256: str | None
     served: bool
-    """In the configuration the Deployment runs now."""
+    """Wanted in the running pods (in the config they start with, loaded into running ones)."""
     waiting: Dependency | None = None
-    load_error: str | None = None
-    """What a not-ready server pod says about this adapter (from its /readyz)."""
+    state: AdapterState = field(default_factory=AdapterState)
+    """What the pods' /readyz say about it."""
 
 
 @dataclass(frozen=True)
@@ -57,23 +58,43 @@ class DeploymentObservation:
     knowledge_base: str | None
     collection: str | None
     blocked: tuple[Dependency, ...]
-    """Inputs with no earlier version to fall back on: nothing is deployed until they are."""
+    """Inputs with no earlier version to fall back on: not Ready until they are there. An
+    adapter only stays out of the pods meanwhile; without the model claim or the knowledge
+    base nothing is deployed."""
     waiting: tuple[Dependency, ...]
     """Inputs not ready whose earlier version keeps serving meanwhile."""
     rollout: Rollout | None
 
 
 def _adapter_status(view: AdapterView, rollout: Rollout | None) -> dict[str, Any]:
-    loaded = bool(view.served and rollout and rollout.current and rollout.ready > 0)
-    out: dict[str, Any] = {"name": view.name, "source": view.source, "loaded": loaded}
+    deployed = view.served and rollout is not None
+    state = view.state if deployed else AdapterState()
+    loaded = state.loaded
+    out: dict[str, Any] = {
+        "name": view.name,
+        "source": view.source,
+        "loaded": loaded,
+        "loadedReplicas": state.loaded_replicas,
+    }
     if view.sha256:
         out["sha256"] = view.sha256
+    notes = []
     if view.waiting is not None:
-        out["message"] = view.waiting.message
-    elif view.load_error:
-        out["message"] = view.load_error
-    elif not loaded:
-        out["message"] = "rolling out" if view.served else "not deployed yet"
+        notes.append(view.waiting.message)
+    if state.error:
+        notes.append(state.error)
+    if not notes and not loaded:
+        if not deployed:
+            notes.append("not deployed yet")
+        elif state.ready_replicas == 0:
+            notes.append("no replica is ready yet")
+        else:
+            note = f"loaded on {state.loaded_replicas}/{state.ready_replicas} ready replicas"
+            if state.silent_replicas:
+                note += f" ({state.silent_replicas} did not answer /readyz)"
+            notes.append(note)
+    if notes:
+        out["message"] = "; ".join(notes)
     return out
 
 
@@ -126,7 +147,7 @@ def compute(obs: DeploymentObservation) -> tuple[list[Observation], dict[str, An
             return out(conditions.stalled(reason, message), None, _summary(tuple(failed)))
         return out(conditions.reconciling(reason, message), (reason, message), None)
 
-    assert rollout is not None  # nothing blocked, so the Deployment was applied
+    assert rollout is not None  # nothing blocked, or a Deployment exists: it was applied
     serving = rollout.ready > 0
     if rollout.stuck:
         stuck = rollout.stuck
@@ -135,10 +156,20 @@ def compute(obs: DeploymentObservation) -> tuple[list[Observation], dict[str, An
         return out(conditions.stalled("RolloutStuck", stuck), None, stuck)
     if rollout.desired == 0:
         return out(conditions.ready("ScaledToZero", "scaled to 0 replicas"), None, None)
-    pending = obs.blocked or obs.waiting
-    if pending:
+    if obs.blocked:
+        # The base model and the adapters that are there are deployed; a declared input
+        # with nothing to serve in its place is missing: not Ready.
+        served = sum(a.served for a in obs.adapters)
+        message = (
+            f"deployed: the base model and {served}/{len(obs.adapters)} adapters; "
+            f"waiting: {_summary((*obs.blocked, *obs.waiting))}"
+        )
+        if failed:
+            return out(conditions.stalled(reason, message), None, _summary(tuple(failed)))
+        return out(conditions.reconciling(reason, message), (reason, message), None)
+    if obs.waiting:
         # The earlier version keeps serving while the new inputs are not ready.
-        message = f"serving the previous configuration; waiting: {_summary(pending)}"
+        message = f"serving the previous configuration; waiting: {_summary(obs.waiting)}"
         degraded = _summary(tuple(failed)) if failed else None
         if serving:
             observed = [
@@ -151,18 +182,28 @@ def compute(obs: DeploymentObservation) -> tuple[list[Observation], dict[str, An
     if not rollout.current:
         message = (
             f"rolling out: {rollout.updated}/{rollout.desired} pods updated, "
-            f"{rollout.ready} ready (a pod is ready once the base model and every adapter "
-            "are loaded)"
+            f"{rollout.ready} ready (a pod is ready once the base model is loaded, the "
+            "adapters of its config tried and the knowledge base reached)"
         )
         return out(conditions.reconciling("RollingOut", message), ("RollingOut", message), None)
-    unloaded = [a for a in obs.adapters if a.load_error]
-    if rollout.ready < rollout.desired and unloaded:
-        message = f"{rollout.ready}/{rollout.desired} replicas ready; " + "; ".join(
-            f"{a.name}: {a.load_error}" for a in unloaded
+    unloaded = [a for a in obs.adapters if a.served and not a.state.loaded]
+    broken = [a for a in unloaded if a.state.error]
+    if broken:
+        message = "; ".join(f"adapter {a.name}: {a.state.error}" for a in broken)
+        if not serving:
+            return out(conditions.reconciling("Loading", message), ("Loading", message), message)
+        if all(a.state.answering_replicas for a in broken):
+            # Another version of each still answers somewhere.
+            return out(conditions.ready("Serving", message), None, message)
+        return out(conditions.stalled("AdapterLoadFailed", message), None, message)
+    if unloaded and serving:
+        message = "loading adapters: " + ", ".join(
+            f"{a.name} ({_adapter_status(a, rollout)['message']})" for a in unloaded
         )
-        if serving:
-            return out(conditions.ready("Serving", message), ("Loading", message), message)
-        return out(conditions.reconciling("Loading", message), ("Loading", message), message)
+        progressing = ("LoadingAdapters", message)
+        if all(a.state.answering_replicas for a in unloaded):
+            return out(conditions.ready("Serving", message), progressing, None)
+        return out(conditions.reconciling("LoadingAdapters", message), progressing, None)
     if rollout.replicas != rollout.desired or rollout.ready < rollout.desired:
         message = (
             f"scaling to {rollout.desired} replicas: {rollout.replicas} running, "
