@@ -339,6 +339,130 @@ PANELS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
             ),
         ],
     ),
+    (
+        "Inference engine (vLLM)",
+        [
+            (
+                "Requests running and waiting",
+                "short",
+                [
+                    (
+                        f"sum by (namespace, pod) (vllm:num_requests_running{{{NS}}})",
+                        "{{namespace}}/{{pod}} running",
+                    ),
+                    (
+                        f"sum by (namespace, pod) (vllm:num_requests_waiting{{{NS}}})",
+                        "{{namespace}}/{{pod}} waiting",
+                    ),
+                ],
+                "Requests in each server pod's running batch (at most engine.maxNumSeqs) and "
+                "in vLLM's queue; a queue longer than the batch for long: "
+                "PhiopsInferenceQueueBacklog.",
+            ),
+            (
+                "KV cache usage",
+                "percentunit",
+                [
+                    (
+                        f"max by (namespace, pod) (vllm:kv_cache_usage_perc{{{NS}}})",
+                        "{{namespace}}/{{pod}}",
+                    )
+                ],
+                "Share of each pod's KV cache held by running requests (cached prefixes nothing "
+                "uses count as free). Near 100%: requests wait and get preempted "
+                "(PhiopsKVCacheSaturated).",
+            ),
+            (
+                "Preemptions",
+                "ops",
+                [
+                    (
+                        f"sum by (namespace, pod) (rate(vllm:num_preemptions_total{{{NS}}}[5m]))",
+                        "{{namespace}}/{{pod}}",
+                    )
+                ],
+                "Requests preempted per second: their KV cache is dropped and computed again "
+                "(PhiopsInferencePreempting).",
+            ),
+            (
+                "Prefix cache hit rate",
+                "percentunit",
+                [
+                    (
+                        "sum by (namespace, pod) (rate("
+                        f"vllm:prefix_cache_hits_total{{{NS}}}[5m])) / (sum by (namespace, pod) "
+                        f"(rate(vllm:prefix_cache_queries_total{{{NS}}}[5m])) > 0)",
+                        "{{namespace}}/{{pod}}",
+                    )
+                ],
+                "Share of prompt tokens found in the prefix cache (system prompt, retrieved "
+                "context, earlier turns) instead of computed, over 5 minutes.",
+            ),
+            (
+                "Engine time to first token (p95)",
+                "s",
+                [
+                    (
+                        "histogram_quantile(0.95, sum by (namespace, model_name, le) (rate("
+                        f"vllm:time_to_first_token_seconds_bucket{{{NS}}}[5m])))",
+                        "{{namespace}} {{model_name}}",
+                    )
+                ],
+                "95th percentile time from a request reaching vLLM to its first token: queue "
+                "and prefill (retrieval not included; see Time to first token).",
+            ),
+            (
+                "Inter-token latency (p50, p95)",
+                "s",
+                [
+                    (
+                        "histogram_quantile(0.5, sum by (namespace, model_name, le) (rate("
+                        f"vllm:inter_token_latency_seconds_bucket{{{NS}}}[5m])))",
+                        "{{namespace}} {{model_name}} p50",
+                    ),
+                    (
+                        "histogram_quantile(0.95, sum by (namespace, model_name, le) (rate("
+                        f"vllm:inter_token_latency_seconds_bucket{{{NS}}}[5m])))",
+                        "{{namespace}} {{model_name}} p95",
+                    ),
+                ],
+                "Time between two generated tokens of a request: grows with the batch.",
+            ),
+            (
+                "Engine request latency (p50, p95)",
+                "s",
+                [
+                    (
+                        "histogram_quantile(0.5, sum by (namespace, model_name, le) (rate("
+                        f"vllm:e2e_request_latency_seconds_bucket{{{NS}}}[5m])))",
+                        "{{namespace}} {{model_name}} p50",
+                    ),
+                    (
+                        "histogram_quantile(0.95, sum by (namespace, model_name, le) (rate("
+                        f"vllm:e2e_request_latency_seconds_bucket{{{NS}}}[5m])))",
+                        "{{namespace}} {{model_name}} p95",
+                    ),
+                ],
+                "Time from a request reaching vLLM to its last token.",
+            ),
+            (
+                "LoRA adapters running and waiting",
+                "short",
+                [
+                    (
+                        "count by (namespace, pod, running_lora_adapters, waiting_lora_adapters) "
+                        f"(vllm:lora_requests_info{{{NS}}} == on (namespace, pod) group_left "
+                        f"max by (namespace, pod) (vllm:lora_requests_info{{{NS}}}))",
+                        "{{namespace}}/{{pod}} running: {{running_lora_adapters}} "
+                        "waiting: {{waiting_lora_adapters}}",
+                    )
+                ],
+                "Adapters with requests in each pod's batch and queue, as vLLM last reported. "
+                "One that waits and never runs lacks a LoRA slot (engine.maxLoras). Requests "
+                "per adapter: Requests by model and code.",
+            ),
+        ],
+    ),
 ]
 
 

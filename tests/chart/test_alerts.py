@@ -1,10 +1,12 @@
 """The shipped alert rules: valid for promtool, unit-tested with `promtool test rules` (every
 alert fires on series that should fire it and stays silent on others), each with severity,
-summary, description and a runbook that exists; only metrics of the phiops contract; the
+summary, description and a runbook that exists; only metrics of the contract (phiops' own and
+the vLLM engine series the server passes on), and only labels those series carry; the
 dashboard's queries are valid PromQL over the same metrics."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,17 @@ ALERTS = {
     "PhiopsFineTuneJobStuck",
     "PhiopsDeploymentUnavailable",
     "PhiopsInferenceLatencyHigh",
+    "PhiopsInferenceQueueBacklog",
+    "PhiopsKVCacheSaturated",
+    "PhiopsInferencePreempting",
 }
 
 # The metrics contract (name -> type, labels): the operator's (operator/phiops_operator/
-# metrics.py) and the inference server's. Rules and dashboard use these and no other phiops_*.
+# metrics.py), the inference server's, and vLLM's engine series the server passes on at its
+# /metrics (vllm/v1/metrics/loggers.py; counters by their exposed name, with _total). Rules
+# and dashboard use these and no other phiops_* or vllm:*.
 NS_NAME = ("namespace", "name")
+ENGINE = ("model_name", "engine")
 CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "phiops_reconcile_total": ("counter", ("kind", "result")),
     "phiops_reconcile_duration_seconds": ("histogram", ("kind", "result")),
@@ -55,8 +63,24 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "phiops_serve_request_duration_seconds": ("histogram", ("model",)),
     "phiops_serve_time_to_first_token_seconds": ("histogram", ("model",)),
     "phiops_serve_model_loaded": ("gauge", ("model",)),
+    "vllm:num_requests_running": ("gauge", ENGINE),
+    "vllm:num_requests_waiting": ("gauge", ENGINE),
+    "vllm:kv_cache_usage_perc": ("gauge", ENGINE),
+    "vllm:prefix_cache_queries_total": ("counter", ENGINE),
+    "vllm:prefix_cache_hits_total": ("counter", ENGINE),
+    "vllm:num_preemptions_total": ("counter", ENGINE),
+    "vllm:lora_requests_info": (
+        "gauge",
+        ("max_lora", "running_lora_adapters", "waiting_lora_adapters"),
+    ),
+    "vllm:time_to_first_token_seconds": ("histogram", ENGINE),
+    "vllm:inter_token_latency_seconds": ("histogram", ENGINE),
+    "vllm:e2e_request_latency_seconds": ("histogram", ENGINE),
 }
 SERVER_METRICS = {m for m in CONTRACT if m.startswith("phiops_serve_")}
+ENGINE_METRICS = {m for m in CONTRACT if m.startswith("vllm:")}
+# Labels Prometheus adds to a scraped series (the operator's own namespace/name are honored).
+TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 
 
 def _promtool() -> str:
@@ -141,7 +165,7 @@ def test_every_alert_fires_and_stays_silent_in_the_unit_tests() -> None:
 
 
 def _metric_names(expr: str) -> set[str]:
-    names = set(re.findall(r"\b(phiops_[a-z0-9_]+)", expr))
+    names = set(re.findall(r"\b(phiops_[a-z0-9_]+|vllm:[a-z0-9_:]+)", expr))
     out = set()
     for name in names:
         for suffix in ("_bucket", "_sum", "_count"):
@@ -155,6 +179,42 @@ def _metric_names(expr: str) -> set[str]:
 def test_rules_use_only_contract_metrics() -> None:
     used = set().union(*(_metric_names(r["expr"]) for r in _rules()))
     assert used <= set(CONTRACT), f"not in the metrics contract: {sorted(used - set(CONTRACT))}"
+
+
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_MATCHERS = re.compile(r"\{([^}]*)\}")
+
+
+def _labels_used(expr: str) -> set[str]:
+    """Labels an expression groups, joins or selects by."""
+    used = set()
+    for group in _GROUPING.findall(expr):
+        used |= {name.strip() for name in group.split(",") if name.strip()}
+    for matchers in _MATCHERS.findall(expr):
+        used |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", matchers))
+    return used
+
+
+def _labels_available(expr: str) -> set[str]:
+    """Labels the contract's series of an expression carry, with the scrape's and `le`."""
+    names = _metric_names(expr)
+    available = set(TARGET_LABELS).union(*(CONTRACT[n][1] for n in names if n in CONTRACT))
+    if any(CONTRACT.get(n, ("",))[0] == "histogram" for n in names):
+        available.add("le")
+    return available
+
+
+@pytest.mark.parametrize("source", ["rules", "dashboard"])
+def test_queries_use_only_labels_their_series_carry(source: str) -> None:
+    """`model` on a vllm:* series (which has `model_name`) would group everything into one
+    series, silently: labels in by/on/matchers must be labels of the series used."""
+    if source == "rules":
+        exprs = [r["expr"] for r in _rules()]
+    else:
+        exprs = [t["expr"] for p in sync.dashboard()["panels"] for t in p.get("targets", [])]
+    for expr in exprs:
+        unknown = _labels_used(expr) - _labels_available(expr)
+        assert not unknown, f"labels {sorted(unknown)} on none of the series of: {expr}"
 
 
 def test_operator_metrics_match_the_contract() -> None:
@@ -175,7 +235,7 @@ def test_operator_metrics_match_the_contract() -> None:
             want_kind, want_labels = CONTRACT[name]
             assert kind == want_kind, f"{name} is a {kind}, the contract says {want_kind}"
             assert set(labels) == set(want_labels), f"{name} labels {labels} != {want_labels}"
-    missing = sorted(set(CONTRACT) - SERVER_METRICS - set(registered))
+    missing = sorted(set(CONTRACT) - SERVER_METRICS - ENGINE_METRICS - set(registered))
     if missing:
         pytest.skip(f"contract metrics the operator does not register yet: {missing}")
 
@@ -197,6 +257,57 @@ def test_server_metrics_match_the_contract() -> None:
     }
     for name in sorted(SERVER_METRICS):
         assert name in defined, f"the server does not define {name}"
+        kind, labels = defined[name]
+        assert kind == CONTRACT[name][0], f"{name} is a {kind}"
+        assert set(labels) == set(CONTRACT[name][1]), f"{name} labels {labels}"
+
+
+def _vllm_loggers() -> Path:
+    """vLLM's Prometheus logger, found without importing vLLM (that needs torch)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        pytest.skip("vllm is not installed (the serve dependency group)")
+    return Path(spec.origin).parent / "v1" / "metrics" / "loggers.py"
+
+
+VLLM_METRIC_DEFINITION = re.compile(
+    r"self\._(gauge|counter|histogram)_cls\(\s*name=\"(vllm:\w+)\"(.*?)\n\s*\)\n", re.S
+)
+
+
+def _vllm_labels(body: str, source: str) -> tuple[str, ...]:
+    """The label names of one vLLM metric definition: the engine's (`labelnames`), plus any
+    listed, or a list of strings and `self.labelname_*` attributes."""
+    (base,) = re.findall(r"^\s*labelnames = \[([^\]]*)\]", source, re.M)
+    attributes = dict(re.findall(r"self\.(labelname_\w+) = \"(\w+)\"", source))
+
+    def names(listed: str) -> list[str]:
+        out = []
+        for item in (i.strip() for i in listed.split(",") if i.strip()):
+            if item.startswith("self."):
+                out.append(attributes[item.removeprefix("self.")])
+            else:
+                out.append(item.strip("\"'"))
+        return out
+
+    found = re.search(r"labelnames=(labelnames(?:\s*\+\s*\[([^\]]*)\])?|\[([^\]]*)\])", body, re.S)
+    assert found, f"no labelnames in {body!r}"
+    if found.group(1).startswith("labelnames"):
+        return tuple(names(base) + names(found.group(2) or ""))
+    return tuple(names(found.group(3)))
+
+
+def test_engine_metrics_match_the_contract() -> None:
+    """The installed vLLM defines the contract's vllm:* series with its types and labels (read
+    from its source, as the server's are)."""
+    source = _vllm_loggers().read_text()
+    defined = {}
+    for kind, name, body in VLLM_METRIC_DEFINITION.findall(source):
+        exposed = name.removesuffix("_total") + "_total" if kind == "counter" else name
+        defined[exposed] = (kind, _vllm_labels(body, source))
+    assert defined.get("vllm:num_requests_running") == ("gauge", ("model_name", "engine"))
+    for name in sorted(ENGINE_METRICS):
+        assert name in defined, f"vLLM does not define {name}"
         kind, labels = defined[name]
         assert kind == CONTRACT[name][0], f"{name} is a {kind}"
         assert set(labels) == set(CONTRACT[name][1]), f"{name} labels {labels}"

@@ -104,6 +104,10 @@ def test_prometheus_rule_values_reach_the_rules() -> None:
         in rules["PhiopsKnowledgeBaseStale"]["expr"]
     )
     assert "> 0.05" in rules["PhiopsReconcileErrors"]["expr"]
+    assert "[5m])) > 8\n" in rules["PhiopsInferenceQueueBacklog"]["expr"]
+    assert "more than 8 and" in rules["PhiopsInferenceQueueBacklog"]["annotations"]["description"]
+    assert rules["PhiopsKVCacheSaturated"]["expr"].endswith("> 0.9")
+    assert "above 90%," in rules["PhiopsKVCacheSaturated"]["annotations"]["description"]
     assert rules["PhiopsOperatorDown"]["annotations"]["runbook_url"] == (
         "https://docs.example.com/phiops/operations/alerts#phiopsoperatordown"
     )
@@ -144,6 +148,11 @@ def test_monitoring_objects_are_off_by_default() -> None:
         ("rbac.scope=everywhere", "rbac.scope: rbac.scope must be one of the following"),
         ("logLevel=loud", "logLevel: logLevel must be one of the following"),
         ("watchNamespaces[0]=Team_A", "watchNamespaces.0: Does not match pattern"),
+        # a share, not a percentage
+        (
+            "prometheusRule.inferenceKVCacheUsage=95",
+            "prometheusRule.inferenceKVCacheUsage: Must be less than or equal to 1",
+        ),
     ],
 )
 def test_schema_rejects_bad_values_naming_them(setting: str, named: str) -> None:

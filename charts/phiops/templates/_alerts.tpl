@@ -122,4 +122,44 @@ groups:
           summary: {{ `Slow answers from model {{ $labels.model }} in {{ $labels.namespace }}/{{ $labels.pod }}` | quote }}
           description: {{ printf "The 95th percentile request duration of model {{ $labels.model }} on pod {{ $labels.namespace }}/{{ $labels.pod }} is {{ $value | humanizeDuration }}, above %vs, for 10 minutes." $v.inferenceLatencySeconds | quote }}
           runbook_url: {{ printf "%s#phiopsinferencelatencyhigh" $runbook }}
+      # vLLM's engine series (job phiops-serve; per pod, summed over its engines). A request
+      # waits in vLLM's queue when the running batch has no room (engine.maxNumSeqs, the KV
+      # cache, LoRA slots). A queue longer than the batch means a request waits longer than a
+      # whole request takes to run; the floor keeps small batches from paging on a few.
+      - alert: PhiopsInferenceQueueBacklog
+        expr: |-
+          sum by (namespace, pod) (avg_over_time(vllm:num_requests_waiting[5m])) > {{ $v.inferenceQueueWaiting }}
+          and
+          sum by (namespace, pod) (avg_over_time(vllm:num_requests_waiting[5m]))
+            > sum by (namespace, pod) (avg_over_time(vllm:num_requests_running[5m]))
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ `Requests queue up in the inference engine of {{ $labels.namespace }}/{{ $labels.pod }}` | quote }}
+          description: {{ printf "{{ $value | humanize }} requests waited in vLLM's queue on pod {{ $labels.namespace }}/{{ $labels.pod }} (5-minute average), more than %v and more than it runs at once, for 10 minutes." $v.inferenceQueueWaiting | quote }}
+          runbook_url: {{ printf "%s#phiopsinferencequeuebacklog" $runbook }}
+      # Free blocks include cached prefixes nothing uses any more: a full cache is one the
+      # running requests hold, and the next token that needs a block preempts one of them.
+      - alert: PhiopsKVCacheSaturated
+        expr: |-
+          max by (namespace, pod) (avg_over_time(vllm:kv_cache_usage_perc[5m])) > {{ $v.inferenceKVCacheUsage }}
+        for: 15m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ `The KV cache of {{ $labels.namespace }}/{{ $labels.pod }} is full` | quote }}
+          description: {{ printf "vLLM's KV cache on pod {{ $labels.namespace }}/{{ $labels.pod }} has been {{ $value | humanizePercentage }} in use (5-minute average), above %s%%, for 15 minutes: new requests wait and running ones get preempted." (printf "%.4g" (mulf $v.inferenceKVCacheUsage 100)) | quote }}
+          runbook_url: {{ printf "%s#phiopskvcachesaturated" $runbook }}
+      # A preempted request loses its KV cache and is computed again: GPU time thrown away.
+      - alert: PhiopsInferencePreempting
+        expr: |-
+          sum by (namespace, pod) (rate(vllm:num_preemptions_total[5m])) > 0
+        for: 15m
+        labels:
+          severity: warning
+        annotations:
+          summary: {{ `The inference engine of {{ $labels.namespace }}/{{ $labels.pod }} keeps preempting requests` | quote }}
+          description: {{ `vLLM on pod {{ $labels.namespace }}/{{ $labels.pod }} has preempted requests for 15 minutes ({{ printf "%.3f" $value }} per second over the last 5 minutes): their KV cache is dropped and computed again.` | quote }}
+          runbook_url: {{ printf "%s#phiopsinferencepreempting" $runbook }}
 {{- end }}
