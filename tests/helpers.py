@@ -45,12 +45,12 @@ def eventually(
     raise AssertionError(f"timed out waiting for {what or check}: last={last!r}")
 
 
-def models_claim(size: str = "1Gi") -> dict[str, Any]:
-    """The claim the tiny Phi-3 is made on (`tiny_model_pod`)."""
+def models_claim(size: str = "1Gi", name: str = "models") -> dict[str, Any]:
+    """The claim the tiny Phi-3 is made on (`tiny_model_pod`), or another of its kind."""
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models"},
+        "metadata": {"name": name},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.conftest import Cluster, free_port
 from tests.prometheus import api, running_prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+ADAPTERS_CLAIM = "adapters"
 NS = "phid-tests"
 TIMEOUT = 420
 HANDBOOK = Path(__file__).parent.parent / "embed_fixtures" / "handbook"
@@ -51,12 +53,15 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return next((c for c in found if c["type"] == type_), {})
 
 
-def fine_tune_job() -> dict[str, Any]:
+def fine_tune_job(name: str = "tone") -> dict[str, Any]:
+    """A LoRA job writing into folder `name` of the shared `adapters` claim: the serving pods
+    mount that claim once, and every later adapter on it is loaded without a roll."""
     return {
         "apiVersion": "phiops.dev/v1alpha1",
         "kind": "FineTuneJob",
-        "metadata": {"name": "tone"},
+        "metadata": {"name": name},
         "spec": {
+            "output": {"pvc": {"claimName": ADAPTERS_CLAIM, "path": name}},
             "baseModel": {"name": "tiny-phi3", "pvc": {"claimName": "models", "path": "tiny"}},
             "dataset": {"configMap": {"name": "chat", "key": "train.jsonl"}, "maxSeqLength": 96},
             "method": "lora",
@@ -97,6 +102,7 @@ def stack(operator: int, crds: Cluster) -> Cluster:
     KnowledgeBase synced."""
     crds.kubectl("create", "namespace", NS)
     crds.apply(helpers.models_claim(), NS)
+    crds.apply(helpers.models_claim(name=ADAPTERS_CLAIM), NS)
     crds.apply(helpers.tiny_model_pod(), NS)
     data = "\n".join(json.dumps(r) for r in RECORDS) + "\n"
     crds.apply(
@@ -301,12 +307,56 @@ def test_kubectl_scale_changes_the_replica_count(stack: Cluster, deployed: dict[
     )
 
 
-def test_a_retrained_adapter_is_loaded_hot_while_the_old_one_keeps_serving(
+def serving_pods(cluster: Cluster) -> list[str]:
+    out = cluster.kubectl(
+        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=assistant", "-o", "json"
+    )
+    return sorted(p["metadata"]["name"] for p in json.loads(out)["items"])
+
+
+class Streamer:
+    """Streams answers from `model` one after another until stopped; counts failures."""
+
+    def __init__(self, client: openai.OpenAI, model: str) -> None:
+        self.client, self.model = client, model
+        self.done = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                chunks = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": "Is order 3 on its way?"}],
+                    max_tokens=16,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                if not any(c.choices and c.choices[0].delta.content for c in chunks):
+                    raise AssertionError("an empty answer")
+                self.done += 1
+            except Exception as err:
+                self.failures.append(repr(err))
+
+    def __enter__(self) -> Streamer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+
+def test_a_job_finishing_loads_its_adapter_hot_while_clients_stream(
     stack: Cluster, deployed: dict[str, Any], client: openai.OpenAI
 ) -> None:
     before = get(stack, "deployment", "assistant-server")
     assert before is not None
     old_hash = before["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"]
+    pods = serving_pods(stack)
+    old_answer = chat(client, "tone", "Is order 3 on its way?").choices[0].message.content
     # Point the adapter at a job that does not exist yet: the old adapter keeps serving.
     patch = {"spec": {"adapters": [{"name": "tone", "fineTuneJobRef": {"name": "tone-v2"}}]}}
     stack.kubectl("patch", "-n", NS, "phid", "assistant", "--type=merge", "-p", json.dumps(patch))
@@ -316,39 +366,43 @@ def test_a_retrained_adapter_is_loaded_hot_while_the_old_one_keeps_serving(
     assert condition(serving_previous, "Ready")["status"] == "True"
     assert condition(serving_previous, "Reconciling")["status"] == "True"
     assert "tone-v2" in serving_previous["status"]["adapters"][0]["message"]
-    still = chat(client, "tone", "Is order 3 on its way?")
-    assert still.model == "tone" and still.choices[0].finish_reason in ("stop", "length")
 
-    retrained = fine_tune_job()
-    retrained["metadata"]["name"] = "tone-v2"
+    retrained = fine_tune_job("tone-v2")
     retrained["spec"]["training"]["learningRate"] = 0.02
-    stack.apply(retrained, NS)
-    new_sha = eventually(
-        lambda: (
-            ((get(stack, "ftj", "tone-v2") or {}).get("status") or {})
-            .get("adapter", {})
-            .get("sha256")
-        ),
-        what="the retrained adapter",
-    )
-    rolled = eventually(
-        lambda: (
-            (o := get(stack, "phid", "assistant"))
-            and condition(o, "Ready").get("reason") == "Serving"
-            and o["status"]["adapters"][0].get("sha256") == new_sha
-            and o
-        ),
-        what="the deployment to load the retrained adapter",
-    )
-    assert rolled["status"]["adapters"][0]["loaded"] is True
-    assert rolled["status"]["adapters"][0]["source"] == "fineTuneJob/tone-v2"
+    with Streamer(client, "tone") as on_adapter, Streamer(client, "tiny-phi3") as on_base:
+        stack.apply(retrained, NS)
+        new_sha = eventually(
+            lambda: (
+                ((get(stack, "ftj", "tone-v2") or {}).get("status") or {})
+                .get("adapter", {})
+                .get("sha256")
+            ),
+            what="the retrained adapter",
+        )
+        loaded = eventually(
+            lambda: (
+                (o := get(stack, "phid", "assistant"))
+                and condition(o, "Ready").get("reason") == "Serving"
+                and o["status"]["adapters"][0].get("sha256") == new_sha
+                and o["status"]["adapters"][0].get("loaded")
+                and o
+            ),
+            what="the deployment to load the retrained adapter",
+        )
+        served = on_adapter.done
+        eventually(lambda: on_adapter.done > served + 1, 60, "answers from the new adapter")
+    assert on_adapter.failures == [] and on_base.failures == []
+    assert on_adapter.done > 2 and on_base.done > 2
+    assert loaded["status"]["adapters"][0]["source"] == "fineTuneJob/tone-v2"
+    # Loaded into the running engine: no new pod, no new pod template.
+    assert serving_pods(stack) == pods
     after = get(stack, "deployment", "assistant-server")
     assert after is not None
-    # Adapters are loaded into the running engine: its configuration did not change (the
-    # pods rolled once, to mount tone-v2's output claim when it appeared).
-    assert (
-        after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] == old_hash
+    assert after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] == (
+        old_hash
     )
+    new_answer = chat(client, "tone", "Is order 3 on its way?").choices[0].message.content
+    assert new_answer != old_answer
 
 
 def test_kubectl_wait_for_ready_works_for_all_three_kinds(

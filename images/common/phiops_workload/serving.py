@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONFIG_FILE = "serve.json"
 DEFAULT_PORT = 8000
+DEFAULT_ADMIN_PORT = 8001
+# The LoRA ranks vLLM's kernels are built for; an adapter's rank is rounded up to one.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 CONTEXT_PLACEHOLDER = "{context}"
 
 
@@ -48,6 +51,37 @@ class RetrievalConfig(_Strict):
     """Device of the query embedding model."""
 
 
+class EngineConfig(_Strict):
+    """vLLM engine settings. Changing any of them restarts the engine (the pods roll);
+    adapters are loaded and unloaded without a restart."""
+
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Longest prompt plus completion, in tokens; None: the model's own limit."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Share of each GPU's memory vLLM may take (weights, activations, KV cache)."""
+    kv_cache_space_gib: int | None = Field(default=None, ge=1)
+    """CPU only: whole GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE); None: 1 GiB
+    per 16 sequences, at least 1 (vLLM's own default takes far more)."""
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    """Sequences batched together at most; None: vLLM's default."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs one replica spreads the model over."""
+    enforce_eager: bool = False
+    """Skip CUDA graphs and torch.compile: faster start, slower steady state."""
+    enable_prefix_caching: bool = True
+    max_loras: int | None = Field(default=None, ge=1)
+    """Adapters in one batch at most; None: sized from the adapters served."""
+    max_lora_rank: int | None = None
+    """Largest adapter rank the engine accepts; None: from the adapters found on disk."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _rank(self) -> EngineConfig:
+        if self.max_lora_rank is not None and self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {list(LORA_RANKS)}")
+        return self
+
+
 class ServeConfig(_Strict):
     base_model_path: str = Field(min_length=1)
     """A folder holding the model, or a model-hub id."""
@@ -62,9 +96,10 @@ class ServeConfig(_Strict):
     """The most tokens one completion may produce, whatever the request asks for."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     quantize: Literal["none", "nf4"] = "none"
-    """`nf4`: load the base 4-bit with bitsandbytes (CUDA only)."""
+    """`nf4`: load the base 4-bit with bitsandbytes (vLLM on CUDA only)."""
     device: str = "auto"
-    """`auto`: CUDA when available, else CPU."""
+    """`auto`: what the installed vLLM is built for (CUDA or CPU)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     max_concurrent_requests: int = Field(default=64, ge=1)
     """Requests admitted at once; more are refused with 429."""
     retrieval: RetrievalConfig | None = None
@@ -73,6 +108,11 @@ class ServeConfig(_Strict):
     """How the retrieved chunks enter the system prompt; `{context}` is replaced by them."""
     host: str = "0.0.0.0"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    admin_port: int = Field(default=DEFAULT_ADMIN_PORT, ge=0, le=65535)
+    """Adapter loading and unloading (`PUT`/`DELETE /v1/adapters/{name}`), for the operator:
+    not behind the Service."""
+    work_dir: str | None = None
+    """Writable folder for the engine's caches and IPC sockets; None: a temporary one."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:

@@ -115,7 +115,8 @@ def make_tiny_model(
     # Like Phi-3 (32,064 rows for 32,011 tokens) the embedding may have rows no token uses.
     vocab_size = max(vocab, len(tokenizer))
     endoftext, end = _token_id(tokenizer, "<|endoftext|>"), _token_id(tokenizer, "<|end|>")
-    heads = heads or max(1, hidden // 16)
+    # Heads of 32 dimensions: vLLM's CPU attention kernels start at head size 32.
+    heads = heads or max(1, hidden // 32)
     config = Phi3Config(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -132,7 +133,8 @@ def make_tiny_model(
         initializer_range=INIT_RANGE,
     )
     torch.manual_seed(seed)
-    model = Phi3ForCausalLM(config)
+    untyped_model: Any = Phi3ForCausalLM  # its __init__ is untyped in transformers 5.19
+    model = untyped_model(config)
     # Phi-3 stops at <|end|> (the end of a turn) as well as at <|endoftext|>.
     generation: Any = GenerationConfig  # its __init__ is untyped
     model.generation_config = generation(

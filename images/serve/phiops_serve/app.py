@@ -1,23 +1,27 @@
-"""The HTTP application: routes, and the background start of the models and the knowledge
-base (the server answers /healthz at once; /readyz turns 200 once everything is in)."""
+"""The HTTP applications: the OpenAI-compatible API (with health, readiness and metrics),
+the operator's adapter API on a port of its own, and the background start of the engine and
+the knowledge base (the server answers /healthz at once; /readyz turns 200 once it serves)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from phiops_workload.serving import ServeConfig
+from phiops_workload.serving import AdapterConfig, ServeConfig
 
 from phiops_serve.admission import GATE, METRICS, Gate, admission
 from phiops_serve.chat import AUGMENTER, ENGINE, chat_completions
-from phiops_serve.engine import Engine
-from phiops_serve.errors import errors
+from phiops_serve.engine import Engine, UnknownModel
+from phiops_serve.errors import ApiError, bad, errors
 from phiops_serve.knowledge import RETRY_SECONDS, KnowledgeBase
+from phiops_serve.loading import LoadError
 from phiops_serve.metrics import Metrics
 from phiops_serve.rag import Augmenter
 from phiops_serve.retrieve import KNOWLEDGE, retrieve
@@ -25,6 +29,7 @@ from phiops_serve.retrieve import KNOWLEDGE, retrieve
 log = logging.getLogger(__name__)
 
 CREATED = int(time.time())
+START_ENGINE: web.AppKey[bool] = web.AppKey("start_engine", bool)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -32,8 +37,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 once the base, every adapter and the knowledge base (if any) are ready; the body
-    says what is missing and why."""
+    """200 once the engine serves the base, every startup adapter was tried (one that failed
+    is reported, not waited for) and the knowledge base (if any) is ready; the body says
+    what is missing and why."""
     engine, knowledge = request.app[ENGINE], request.app[KNOWLEDGE]
     ready = engine.ready and (knowledge is None or knowledge.ready)
     body = {
@@ -46,7 +52,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render(request.app[ENGINE].states.values())
+    """The server's own series, then vLLM's engine series (queue, KV cache, prefix cache,
+    LoRA), which vLLM keeps in the process-wide registry."""
+    body = request.app[METRICS].render(request.app[ENGINE].states.values(), engine=True)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
@@ -67,13 +75,56 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+async def put_adapter(request: web.Request) -> web.Response:
+    """Load an adapter, or a new version of it, while serving (the operator calls this)."""
+    engine, name = request.app[ENGINE], request.match_info["name"]
+    body = await request.json() if request.can_read_body else {}
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        raise bad("path", "'path' (the adapter folder) is required")
+    try:
+        adapter = AdapterConfig(
+            name=name, path=body["path"], sha256=body.get("sha256"), source=body.get("source")
+        )
+    except ValueError as err:
+        raise bad("body", str(err)) from None
+    try:
+        state = await engine.load_adapter(adapter)
+    except LoadError as err:
+        raise ApiError(422, str(err), param="path", code="adapter_not_loaded") from None
+    return web.json_response(state.report())
+
+
+async def delete_adapter(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        await request.app[ENGINE].unload_adapter(name)
+    except UnknownModel:
+        raise ApiError(404, f"no adapter '{name}'", param="name", code="model_not_found") from None
+    return web.json_response({"name": name, "unloaded": True})
+
+
+def create_admin_app(engine: Engine) -> web.Application:
+    """Adapter loading for the operator, on `admin_port` (not behind the Service)."""
+    app = web.Application(middlewares=[errors])
+    app[ENGINE] = engine
+    app.router.add_put("/v1/adapters/{name}", put_adapter)
+    app.router.add_delete("/v1/adapters/{name}", delete_adapter)
+    return app
+
+
 def create_app(
-    config: ServeConfig, load: bool = True, retry_seconds: float = RETRY_SECONDS
+    config: ServeConfig,
+    load: bool = True,
+    retry_seconds: float = RETRY_SECONDS,
+    engine: Engine | None = None,
+    start_engine: bool = True,
 ) -> web.Application:
-    """The application for `config`; with `load`, the models load and the knowledge base
-    opens in the background once the server starts (`retry_seconds` between attempts)."""
+    """The API application for `config`; with `load`, the engine starts (unless not
+    `start_engine`: retrieval alone) and the knowledge base opens in the background once the
+    server starts (`retry_seconds` between tries)."""
     app = web.Application(middlewares=[admission, errors])
-    engine = Engine(config)
+    if engine is None:
+        engine = Engine(config, work_dir_for(config))
     app[METRICS] = metrics_ = Metrics()
     knowledge = None
     if config.retrieval is not None:
@@ -89,19 +140,32 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/retrieve", retrieve)
     if load:
+        app[START_ENGINE] = start_engine
         app.cleanup_ctx.append(_background_start)
     return app
 
 
+def work_dir_for(config: ServeConfig) -> Path:
+    """The engine's writable folder: `work_dir`, else a new temporary one."""
+    if config.work_dir is None:
+        return Path(tempfile.mkdtemp(prefix="phiops-serve-"))
+    path = Path(config.work_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 async def _background_start(app: web.Application) -> AsyncIterator[None]:
-    # Engine.load records its failures in the models' states: nothing to await.
-    asyncio.get_running_loop().run_in_executor(None, app[ENGINE].load)
+    # Engine.start records its failures in the models' states.
+    engine = app[ENGINE]
+    starting = asyncio.create_task(engine.start()) if app[START_ENGINE] else None
     knowledge = app[KNOWLEDGE]
     opening = asyncio.create_task(knowledge.open()) if knowledge is not None else None
     yield
-    if opening is not None:
-        opening.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await opening
+    for task in (starting, opening):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    engine.shutdown()
     if knowledge is not None:
         knowledge.close()

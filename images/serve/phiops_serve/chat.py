@@ -13,8 +13,16 @@ from typing import Any
 from aiohttp import web
 
 from phiops_serve.admission import ARRIVED, METRICS, MODEL
-from phiops_serve.engine import Completion, Engine, Message, NotLoaded, Sampling
-from phiops_serve.errors import model_not_found, unavailable
+from phiops_serve.engine import (
+    Completion,
+    Engine,
+    Message,
+    NotLoaded,
+    PromptRejected,
+    Sampling,
+    UnknownModel,
+)
+from phiops_serve.errors import bad, model_not_found, unavailable
 from phiops_serve.knowledge import KnowledgeUnavailable
 from phiops_serve.rag import Augmenter
 from phiops_serve.validation import json_body, parse_request
@@ -64,8 +72,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _stream(request, engine, reply, grounding.messages, sampling, body)
     try:
         done = await engine.complete(model, grounding.messages, sampling)
-    except NotLoaded as err:
+    except (NotLoaded, UnknownModel) as err:  # unloaded while retrieval ran
         raise unavailable(str(err)) from None
+    except PromptRejected as err:
+        raise bad("messages", str(err)) from None
     _account(request, model, done)
     choice = {
         "index": 0,
@@ -123,6 +133,7 @@ async def _stream(
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except ConnectionResetError:
+        # Leaving the `aclosing` block aborted the request in vLLM: its slot is free.
         log.info("the client left a streamed answer; generation stopped")
         return response
     except Exception as err:  # headers are sent: report in the stream, as OpenAI does

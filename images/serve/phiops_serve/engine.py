@@ -1,30 +1,35 @@
-"""One base model and its LoRA adapters in memory; chat completions against any of them.
+"""The base model and its LoRA adapters on vLLM's async engine, in this process.
 
-Generation is serialised (one model, one request at a time): the adapter is switched per
-request, and a request waits for the one before it. Generation runs in a worker thread so
-the event loop keeps answering health checks, metrics and queued clients.
+Requests are batched continuously by vLLM (paged KV cache, prefix caching); each names its
+adapter with a LoRARequest, so requests for the base and for different adapters share a
+batch. Adapters are loaded and replaced while serving: a new version gets a new LoRA id and
+takes new requests at once, and the old one is removed when its last request ends, so a
+reload fails no request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import torch
-from phiops_workload.serving import ServeConfig
-from transformers import StoppingCriteriaList
+from phiops_workload.serving import AdapterConfig, ServeConfig
 
-from phiops_serve.loading import LoadError, ModelState, load_models
-from phiops_serve.tokens import Cancelled, TokenStream
+from phiops_serve import engine_args
+from phiops_serve.loading import LoadError, ModelState, check_digest, lora_rank, weights_digest
+from phiops_serve.zero_adapter import write_zero_adapter
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
+ZERO_ADAPTER = "phiops-base-zero"
 
 
 class UnknownModel(KeyError):
@@ -33,6 +38,10 @@ class UnknownModel(KeyError):
 
 class NotLoaded(Exception):
     """The model is configured but not (yet, or ever) loaded; the message says which."""
+
+
+class PromptRejected(ValueError):
+    """The engine refused the request as given (e.g. a prompt longer than max_model_len)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class Completion:
     finish_reason: str = "stop"
     """`stop` (end of turn or a stop sequence) or `length` (ran into max_tokens)."""
     started: float = 0.0
-    """time.monotonic() when generation began (after waiting for the model)."""
+    """time.monotonic() when the request went to the engine."""
     first_token: float | None = None
     finished: float = 0.0
 
@@ -65,17 +74,43 @@ class Completion:
         return self.prompt_tokens + self.completion_tokens
 
 
-class Engine:
-    """Loads the models at `load()` (blocking: run it in a thread), then generates."""
+@dataclass
+class _Version:
+    """One loaded version of an adapter, and the requests still using it."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    request: Any  # vllm.lora.request.LoRARequest
+    path: str
+    sha256: str | None
+    users: int = 0
+    retired: bool = False
+
+
+@dataclass
+class _Adapters:
+    current: dict[str, _Version] = field(default_factory=dict)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+
+class Engine:
+    """`start()` brings vLLM up (tens of seconds; /healthz answers meanwhile), then serves."""
+
+    def __init__(self, config: ServeConfig, work_dir: Path) -> None:
         self.config = config
-        self.model: Any = None
+        self.work_dir = work_dir
+        self.llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM
         self.tokenizer: Any = None
-        base = ModelState(config.base_model_name, adapter=False)
-        adapters = [ModelState(a.name, adapter=True, source=a.source) for a in config.adapters]
+        self.stop_token_ids: list[int] = []
+        base = ModelState(config.base_model_name, adapter=False, path=config.base_model_path)
+        adapters = [
+            ModelState(a.name, adapter=True, source=a.source, path=a.path) for a in config.adapters
+        ]
         self.states = {s.name: s for s in (base, *adapters)}
-        self._lock = asyncio.Lock()
+        self.settled = False
+        """True once the engine is up and every startup adapter was tried."""
+        self.max_lora_rank = 0
+        self._adapters = _Adapters()
+        self._base_adapter: Any = None
+        self._changing = asyncio.Lock()
 
     @property
     def base_name(self) -> str:
@@ -83,144 +118,268 @@ class Engine:
 
     @property
     def adapter_names(self) -> list[str]:
-        return [a.name for a in self.config.adapters]
-
-    @property
-    def loaded(self) -> set[str]:
-        return {name for name, state in self.states.items() if state.loaded}
+        return [name for name, state in self.states.items() if state.adapter]
 
     @property
     def ready(self) -> bool:
-        return all(state.loaded for state in self.states.values())
+        return self.settled and self.states[self.base_name].loaded
 
-    def load(self) -> None:
-        """Load the base model, then every adapter; failures are kept in `states`."""
-        log.info("loading %s from %s", self.base_name, self.config.base_model_path)
+    # -- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start vLLM, then load every configured adapter; failures land in `states`."""
+        base = self.states[self.base_name]
         try:
-            model, tokenizer = load_models(self.config, self.states)
-        except LoadError as err:
-            log.error("%s", err)
+            await self._start_engine()
+        except Exception as err:  # bad model, out of memory, unsupported CPU...
+            log.exception("the engine did not start")
+            base.error = f"the engine did not start: {err}"
+            for name in self.adapter_names:
+                self.states[name].error = "not loaded: the base model did not load"
+            self.settled = True
             return
-        except Exception as err:  # a bug, or torch failing: shown by /readyz, not a crash
-            log.exception("loading failed")
-            for state in self.states.values():
-                state.loaded, state.error = False, state.error or f"loading failed: {err}"
-            return
-        self.model, self.tokenizer = model, tokenizer
-        log.info("loaded: %s", ", ".join(sorted(self.loaded)))
+        base.loaded, base.error = True, None
+        log.info("engine up: %s (max_lora_rank %d)", self.base_name, self.max_lora_rank)
+        for adapter in self.config.adapters:
+            with contextlib.suppress(LoadError):  # recorded in its state; the others serve
+                await self.load_adapter(adapter)
+        self.settled = True
+
+    async def _start_engine(self) -> None:
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+        from vllm.platforms import current_platform
+
+        cpu = current_platform.is_cpu()
+        hub: dict[str, Any] = {"revision": self.config.revision, "token": self._hub_token()}
+        path = self.config.base_model_path
+        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path, **hub)
+        self.stop_token_ids = await asyncio.to_thread(_stop_token_ids, path, hub, GenerationConfig)
+        ranks = []
+        for adapter in self.config.adapters:
+            try:  # a bad adapter is refused later, when loaded; it does not size the engine
+                ranks.append(lora_rank(adapter.path))
+            except LoadError:
+                continue
+        self.max_lora_rank = engine_args.lora_rank_limit(self.config, ranks)
+        kwargs = engine_args.engine_kwargs(
+            self.config,
+            cpu=cpu,
+            max_loras=engine_args.lora_slots(self.config, base_rides_adapter=cpu),
+            max_lora_rank=self.max_lora_rank,
+        )
+        if cpu:
+            model_config = await asyncio.to_thread(AutoConfig.from_pretrained, path, **hub)
+            zero = write_zero_adapter(model_config.to_dict(), self.work_dir / ZERO_ADAPTER)
+        self.llm = await asyncio.to_thread(_build_engine, kwargs)
+        if cpu:
+            self._base_adapter = self._lora_request(ZERO_ADAPTER, str(zero))
+            await self.llm.add_lora(self._base_adapter)
+
+    def _hub_token(self) -> str | None:
+        if not self.config.hub_token_file:
+            return None
+        try:
+            return Path(self.config.hub_token_file).read_text().strip() or None
+        except OSError as err:
+            raise LoadError(f"cannot read the model hub token file: {err}") from err
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    def _lora_request(self, name: str, path: str) -> Any:
+        from vllm.lora.request import LoRARequest
+
+        ident = next(self._adapters.ids)
+        # The name is unique per version: vLLM tells LoRA requests apart by name.
+        return LoRARequest(lora_name=f"{name}@{ident}", lora_int_id=ident, lora_path=path)
+
+    async def load_adapter(self, adapter: AdapterConfig) -> ModelState:
+        """Load `adapter`, or its new version in place of the old one (which keeps serving
+        until then). Raises LoadError; the state says why, and a previous version serves on."""
+        if self.llm is None:
+            raise LoadError("the engine is not running")
+        async with self._changing:
+            state = self.states.get(adapter.name)
+            if state is None or not state.adapter:
+                if state is not None:
+                    raise LoadError(f"'{adapter.name}' is the base model's name")
+                state = ModelState(adapter.name, adapter=True)
+                self.states[adapter.name] = state
+            state.source = adapter.source
+            current = self._adapters.current.get(adapter.name)
+            try:
+                digest = await asyncio.to_thread(weights_digest, adapter.path)
+                if current is not None and (current.path, current.sha256) == (adapter.path, digest):
+                    state.error = None
+                    return state  # already serving exactly this
+                check_digest(adapter, digest)
+                rank = lora_rank(adapter.path)
+                if rank > self.max_lora_rank:
+                    raise LoadError(
+                        f"LoRA rank {rank} is above this engine's max_lora_rank "
+                        f"{self.max_lora_rank}; raise spec.engine.maxLoraRank (the pods restart)"
+                    )
+                request = self._lora_request(adapter.name, adapter.path)
+                await self._add_lora(request, adapter.path)
+            except LoadError as err:
+                state.error = str(err) + (
+                    "; the previous version keeps serving" if current is not None else ""
+                )
+                state.loaded = current is not None
+                if current is None:  # what was asked for, as the operator compares it
+                    state.path, state.sha256 = adapter.path, adapter.sha256
+                log.error("adapter %s: %s", adapter.name, state.error)
+                raise LoadError(state.error) from None
+            self._adapters.current[adapter.name] = _Version(request, adapter.path, digest)
+            state.loaded, state.sha256, state.path, state.error = True, digest, adapter.path, None
+            log.info("adapter %s loaded from %s", adapter.name, adapter.path)
+            if current is not None:
+                await self._retire(current)
+            return state
+
+    async def _add_lora(self, request: Any, path: str) -> None:
+        try:
+            added = await self.llm.add_lora(request)
+        except Exception as err:  # vLLM's own checks: shapes, target modules, files
+            raise LoadError(f"cannot load the adapter from {path!r}: {err}") from err
+        if added is False:
+            raise LoadError(f"the engine refused the adapter from {path!r}")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving adapter `name`; requests already running finish on it."""
+        async with self._changing:
+            state = self.states.get(name)
+            if state is None or not state.adapter:
+                raise UnknownModel(name)
+            del self.states[name]
+            current = self._adapters.current.pop(name, None)
+            if current is not None:
+                await self._retire(current)
+            log.info("adapter %s unloaded", name)
+
+    async def _retire(self, version: _Version) -> None:
+        version.retired = True
+        if version.users == 0:
+            await self._remove(version)
+
+    async def _remove(self, version: _Version) -> None:
+        try:
+            await self.llm.remove_lora(version.request.lora_int_id)
+        except Exception:  # it goes with the engine's LRU anyway
+            log.warning("removing %s failed", version.request.lora_name, exc_info=True)
+
+    # -- generation -------------------------------------------------------------------------
 
     def require(self, name: str) -> None:
         """Raise UnknownModel or NotLoaded unless `name` can answer now."""
         state = self.states.get(name)
         if state is None:
             raise UnknownModel(name)
-        if not state.loaded or self.model is None:
+        if not state.loaded or self.llm is None:
             why = f": {state.error}" if state.error else " (still loading)"
             raise NotLoaded(f"the model '{name}' is not loaded{why}")
 
-    @contextlib.contextmanager
-    def _selected(self, name: str) -> Iterator[None]:
-        """Make `name` (the base or an adapter) the model that answers."""
-        if name != self.base_name:
-            self.model.set_adapter(name)
-            yield
-        elif any(self.states[a].loaded for a in self.adapter_names):
-            with self.model.disable_adapter():
-                yield
-        else:
-            yield
+    def _sampling_params(self, sampling: Sampling) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-    def _generator(self) -> Any:
-        """What to call generate() on. LoRA layers sit inside the base model and follow the
-        selected adapter, so the base generates for any of them, without PeftModel's
-        per-step wrapper (prompt-learning adapters, which need it, are refused at load)."""
-        get_base = getattr(self.model, "get_base_model", None)
-        return get_base() if get_base is not None else self.model
+        greedy = sampling.temperature <= 0
+        return SamplingParams(
+            max_tokens=min(sampling.max_tokens, self.config.max_new_tokens),
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            # vLLM's ignore_eos spares only EOS itself: the end-of-turn ids must go too.
+            stop_token_ids=[] if sampling.ignore_eos else self.stop_token_ids,
+            ignore_eos=sampling.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
 
-    def _limit(self, sampling: Sampling) -> int:
-        return min(sampling.max_tokens, self.config.max_new_tokens)
-
-    def _generate_kwargs(self, sampling: Sampling, tokens: TokenStream) -> dict[str, Any]:
-        limit = self._limit(sampling)
-        kwargs: dict[str, Any] = {"max_new_tokens": limit, "streamer": tokens}
-        if tokens.decoding:  # streamed or with stop sequences: it can be cut short
-            kwargs["stopping_criteria"] = StoppingCriteriaList([Cancelled(tokens)])
-        if sampling.temperature <= 0:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
-            )
-        if sampling.ignore_eos:
-            kwargs["min_new_tokens"] = limit
-        if self.tokenizer.pad_token_id is None:
-            kwargs["pad_token_id"] = self.tokenizer.eos_token_id
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        return kwargs
-
-    def _finish_reason(self, tokens: TokenStream, sampling: Sampling) -> str:
-        if tokens.stopped:
-            return "stop"
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        ran_out = len(tokens.ids) >= self._limit(sampling)
-        return "length" if ran_out and tokens.last_token not in eos_ids else "stop"
-
-    def _run(
-        self, model: str, messages: list[Message], sampling: Sampling, tokens: TokenStream
-    ) -> Completion:
-        """One generation, in a worker thread."""
-        prompt = self.tokenizer.apply_chat_template(
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        inputs = {k: v.to(self.model.device) for k, v in encoded.items()}
-        done = Completion(prompt_tokens=int(inputs["input_ids"].shape[-1]))
-        done.started = time.monotonic()
-        with self._selected(model), torch.inference_mode():
-            self._generator().generate(**inputs, **self._generate_kwargs(sampling, tokens))
-        done.finished = time.monotonic()
-        done.text = tokens.final_text()
-        done.completion_tokens = len(tokens.ids)
-        done.first_token = tokens.first_token_at
-        done.finish_reason = self._finish_reason(tokens, sampling)
-        return done
-
-    async def complete(self, model: str, messages: list[Message], sampling: Sampling) -> Completion:
-        self.require(model)
-        tokens = TokenStream(self.tokenizer, sampling.stop)
-        async with self._lock:
-            return await asyncio.to_thread(self._run, model, messages, sampling, tokens)
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
 
     async def stream(
         self, model: str, messages: list[Message], sampling: Sampling, usage: Completion
     ) -> AsyncGenerator[str, None]:
-        """Yield the completion's text piece by piece; `usage` is filled in at the end.
-        Close the generator (`contextlib.aclosing`) to stop generating early."""
+        """Yield the completion's text piece by piece; `usage` is filled in as it goes.
+        Closing the generator (or cancelling its task) aborts the request in vLLM and frees
+        its slot."""
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+
         self.require(model)
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def sink(piece: str | None) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        tokens = TokenStream(self.tokenizer, sampling.stop, sink)
-
-        def work() -> Completion:
+        ids = self.prompt_ids(messages)
+        usage.prompt_tokens = len(ids)
+        version = self._adapters.current.get(model)
+        lora = version.request if version is not None else self._base_adapter
+        if version is not None:
+            version.users += 1
+        usage.started = time.monotonic()
+        try:
+            outputs = self.llm.generate(
+                TokensPrompt(prompt_token_ids=ids),
+                self._sampling_params(sampling),
+                f"chatcmpl-{uuid.uuid4().hex}",
+                lora_request=lora,
+            )
             try:
-                return self._run(model, messages, sampling, tokens)
+                async for output in outputs:
+                    piece = output.outputs[0]
+                    if piece.token_ids and usage.first_token is None:
+                        usage.first_token = time.monotonic()
+                    usage.completion_tokens += len(piece.token_ids)
+                    usage.finish_reason = _finish_reason(piece.finish_reason)
+                    if piece.text:
+                        usage.text += piece.text
+                        yield piece.text
             finally:
-                sink(None)
+                await outputs.aclose()
+        except (VLLMValidationError, ValueError) as err:
+            if usage.first_token is None:
+                raise PromptRejected(str(err)) from err
+            raise
+        finally:
+            usage.finished = time.monotonic()
+            if version is not None:
+                version.users -= 1
+                if version.retired and version.users == 0:
+                    await self._remove(version)
 
-        async with self._lock:
-            future = loop.run_in_executor(None, work)
-            try:
-                while (piece := await pieces.get()) is not None:
-                    yield piece
-                done = await future
-            finally:
-                tokens.cancelled.set()
-                with contextlib.suppress(Exception):
-                    await future
-        vars(usage).update(vars(done))
+    async def complete(self, model: str, messages: list[Message], sampling: Sampling) -> Completion:
+        done = Completion()
+        async for _ in self.stream(model, messages, sampling, done):
+            pass
+        return done
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _stop_token_ids(path: str, hub: dict[str, Any], generation_config: Any) -> list[int]:
+    """The model's end-of-turn tokens (Phi-3 ends a turn with <|end|>, not only EOS)."""
+    try:
+        config = generation_config.from_pretrained(path, **hub)
+    except Exception:  # no generation_config.json: vLLM's EOS alone
+        return []
+    eos = config.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+
+
+def _build_engine(kwargs: dict[str, Any]) -> Any:
+    """vLLM's AsyncLLM (blocking: it starts the engine process and loads the weights)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from phiops_serve.engine import Completion
 from phiops_serve.loading import ModelState
@@ -14,6 +21,7 @@ from phiops_serve.loading import ModelState
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+_ENGINE_PREFIXES = ("vllm:", "# HELP vllm:", "# TYPE vllm:")
 _RETRIEVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -87,7 +95,21 @@ class Metrics:
         if done.completion_tokens and elapsed > 0:
             self.tokens_per_second.labels(model).observe(done.completion_tokens / elapsed)
 
-    def render(self, states: Iterable[ModelState]) -> bytes:
+    def render(self, states: Iterable[ModelState], engine: bool = False) -> bytes:
+        """The exposition text; with `engine`, vLLM's `vllm:*` series follow (vLLM registers
+        them in the process-wide registry)."""
+        self.model_loaded.clear()  # adapters come and go while serving
         for state in states:
             self.model_loaded.labels(state.name).set(1 if state.loaded else 0)
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if engine:
+            text += _engine_series()
+        return text
+
+
+def _engine_series() -> bytes:
+    """vLLM's series only (the default registry also holds process and GC collectors, which
+    a second copy of would confuse a scrape)."""
+    lines = generate_latest(REGISTRY).decode().splitlines(keepends=True)
+    kept = [line for line in lines if line.startswith(_ENGINE_PREFIXES)]
+    return "".join(kept).encode()

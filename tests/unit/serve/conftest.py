@@ -1,6 +1,7 @@
-"""Real parts for the server tests: a tiny random-weight Phi-3 with two LoRA adapters, a
-milvus-lite server holding the handbook (embedded with the real all-MiniLM-L6-v2), and
-servers started on free ports in a thread of their own."""
+"""Real parts for the server tests: a tiny random-weight Phi-3 with LoRA adapters, a
+milvus-lite server holding the handbook (embedded with the real all-MiniLM-L6-v2), one
+session server on real vLLM (`python -m phiops_serve`, as its pod runs it: base, two
+adapters, retrieval), and engine-less servers in a thread of their own for retrieval."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 from aiohttp import web
 from openai import OpenAI
 from phiops_serve.app import create_app
-from phiops_workload.serving import AdapterConfig, RetrievalConfig, ServeConfig
+from phiops_workload.serving import AdapterConfig, EngineConfig, RetrievalConfig, ServeConfig
 
 from tests.unit.embed.conftest import FIXTURES, StoreServer, job_config, start_store
 
@@ -31,6 +32,10 @@ BASE = "phi-3-tiny"
 ADAPTER = "tiny-expert"
 OTHER_ADAPTER = "tiny-other"
 KB_DATABASE = "support"
+SYSTEM = "You are the Acme support assistant."
+TEMPLATE = "Sources:\n{context}\nEnd of sources."
+# Above the 16 concurrent clients of the tests; the 429 test fills it.
+MAX_CONCURRENT = 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class TinyModels:
     base: Path
     adapter: Path
     other: Path
+    third: Path
+    """Served by no one at start: loaded while serving."""
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
@@ -66,7 +73,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     root = tmp_path_factory.mktemp("serve")
     base = make_tiny_model(root / "base")
     return TinyModels(
-        base, make_adapter(base, root / "adapter", 1), make_adapter(base, root / "other", 2)
+        base,
+        make_adapter(base, root / "adapter", 1),
+        make_adapter(base, root / "other", 2),
+        make_adapter(base, root / "third", 3),
     )
 
 
@@ -75,10 +85,14 @@ def serve_config(tiny_models: TinyModels) -> ServeConfig:
     return ServeConfig(
         base_model_path=str(tiny_models.base),
         base_model_name=BASE,
-        adapters=[AdapterConfig(name=ADAPTER, path=str(tiny_models.adapter))],
-        max_new_tokens=16,
+        adapters=[
+            AdapterConfig(name=ADAPTER, path=str(tiny_models.adapter)),
+            AdapterConfig(name=OTHER_ADAPTER, path=str(tiny_models.other)),
+        ],
+        max_new_tokens=1800,
         dtype="float32",
-        device="cpu",
+        max_concurrent_requests=MAX_CONCURRENT,
+        engine=EngineConfig(enforce_eager=True, max_model_len=2048, kv_cache_space_gib=1),
     )
 
 
@@ -111,11 +125,12 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 @contextlib.contextmanager
 def running(config: ServeConfig, retry_seconds: float = 0.2) -> Iterator[str]:
-    """Serve `config` in a thread of its own; yields the base URL once it listens (the
-    models and the knowledge base may still be loading)."""
+    """Serve `config` without an engine (retrieval only) in a thread of its own; yields the
+    base URL once it listens (the knowledge base may still be opening)."""
     port = _free_port()
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(config, retry_seconds=retry_seconds))
+    app = create_app(config, retry_seconds=retry_seconds, start_engine=False)
+    runner = web.AppRunner(app)
     started = threading.Event()
 
     def serve() -> None:
@@ -140,12 +155,78 @@ def client_for(url: str) -> OpenAI:
     return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    admin: str
+    """The adapter API (the operator's port)."""
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextlib.contextmanager
+def command(config: ServeConfig, folder: Path) -> Iterator[Server]:
+    """`python -m phiops_serve --config serve.json` on free ports, as the pod runs it; yields
+    once /healthz answers (the engine may still be starting)."""
+    port, admin = _free_port(), _free_port()
+    changes = {"host": "127.0.0.1", "port": port, "admin_port": admin}
+    config = config.model_copy(update={**changes, "work_dir": str(folder / "work")})
+    (folder / "serve.json").write_text(config.model_dump_json())
+    log = folder / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "phiops_serve", "--config", str(folder / "serve.json")],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert process.poll() is None, f"the server exited: {log.read_text()[-3000:]}"
+        try:
+            return get_json(f"{url}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(answering, 120, "the server to answer")
+        yield Server(url, f"http://127.0.0.1:{admin}", process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def rag_config(config: ServeConfig, kb: KnowledgeStore, token_file: Path) -> ServeConfig:
+    """`config` answering from the handbook (hybrid, with citations) under SYSTEM and
+    TEMPLATE."""
+    retrieval = retrieval_config(kb, hybrid=True, token_file=str(token_file))
+    return config.model_copy(
+        update={"retrieval": retrieval, "system_prompt": SYSTEM, "context_template": TEMPLATE}
+    )
+
+
 @pytest.fixture(scope="session")
-def server(serve_config: ServeConfig) -> Iterator[str]:
-    """The base model and one adapter, no retrieval; its URL once /readyz says ready."""
-    with running(serve_config) as url:
-        wait_ready(url)
-        yield url
+def served(
+    serve_config: ServeConfig,
+    knowledge_store: KnowledgeStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """The session's vLLM server: the base, two adapters and retrieval from the handbook."""
+    folder = tmp_path_factory.mktemp("server")
+    token = folder / "token"
+    token.write_text("root:Milvus\n")  # milvus-lite has no auth: proves the file is read
+    with command(rag_config(serve_config, knowledge_store, token), folder) as server:
+        wait_ready(server.url, timeout=300)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(served: Server) -> str:
+    return served.url
 
 
 @dataclass(frozen=True)

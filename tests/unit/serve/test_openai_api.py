@@ -11,7 +11,7 @@ from openai import OpenAI
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
-from .conftest import ADAPTER, BASE, client_for
+from .conftest import ADAPTER, BASE, OTHER_ADAPTER, client_for
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the return window?"}
@@ -63,12 +63,12 @@ def test_health_and_readiness(server: str) -> None:
         with urllib.request.urlopen(server + path) as response:
             assert response.status == 200
     with urllib.request.urlopen(server + "/readyz") as response:
-        assert json.load(response)["loaded"] == [BASE, ADAPTER]
+        assert json.load(response)["loaded"] == [BASE, ADAPTER, OTHER_ADAPTER]
 
 
 def test_lists_the_base_and_its_adapters(client: OpenAI) -> None:
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {BASE, ADAPTER}
+    assert set(models) == {BASE, ADAPTER, OTHER_ADAPTER}
     assert models[ADAPTER].model_extra == {"parent": BASE}
     assert models[BASE].model_extra == {"parent": None}
 

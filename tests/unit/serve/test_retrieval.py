@@ -3,30 +3,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
+from phiops_serve.knowledge import KnowledgeBase
+from phiops_serve.rag import Augmenter
 from phiops_workload.serving import ServeConfig
 from transformers import AutoTokenizer
 
 from .conftest import (
     ADAPTER,
     BASE,
+    SYSTEM,
     KnowledgeStore,
     TinyModels,
     client_for,
+    get_json,
     retrieval_config,
     running,
-    wait_ready,
+    wait_until,
 )
 
-SYSTEM = "You are the Acme support assistant."
-TEMPLATE = "Sources:\n{context}\nEnd of sources."
 SHIPPING = "docs/policies/shipping.md"
 QUESTION = "Which carrier delivers heavy parcels and tents?"
 ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": QUESTION}]
@@ -36,23 +36,9 @@ RRF_MAX = 2 / 61
 
 
 @pytest.fixture(scope="module")
-def rag_url(
-    serve_config: ServeConfig, knowledge_store: KnowledgeStore, tmp_path_factory: Any
-) -> Iterator[str]:
-    token = Path(tmp_path_factory.mktemp("secret")) / "token"
-    token.write_text("root:Milvus\n")  # milvus-lite has no auth: proves the file is read
-    retrieval = retrieval_config(knowledge_store, hybrid=True, token_file=str(token))
-    config = serve_config.model_copy(
-        update={"retrieval": retrieval, "system_prompt": SYSTEM, "context_template": TEMPLATE}
-    )
-    with running(config) as url:
-        wait_ready(url)
-        yield url
-
-
-@pytest.fixture(scope="module")
-def rag(rag_url: str) -> OpenAI:
-    return client_for(rag_url)
+def rag(server: str) -> OpenAI:
+    """The session server answers from the handbook (hybrid), under SYSTEM and TEMPLATE."""
+    return client_for(server)
 
 
 def retrieve(client: OpenAI, **body: Any) -> dict[str, Any]:
@@ -126,9 +112,9 @@ def test_retrieve_refuses_bad_input_naming_it(
     assert caught.value.param == param
 
 
-def test_retrieve_without_a_knowledge_base_is_404(server: str) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        retrieve(client_for(server), query=QUESTION)
+def test_retrieve_without_a_knowledge_base_is_404(serve_config: ServeConfig) -> None:
+    with running(serve_config) as url, pytest.raises(openai.NotFoundError) as caught:
+        retrieve(client_for(url), query=QUESTION)
     body = caught.value.body
     assert isinstance(body, dict)
     assert set(body) == {"message", "type", "param", "code"}
@@ -161,20 +147,22 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
     assert own.usage.prompt_tokens == expected - shorter
 
 
-def test_without_citations_the_field_is_absent(
+async def test_without_citations_the_answer_is_grounded_but_cites_nothing(
     serve_config: ServeConfig, knowledge_store: KnowledgeStore
 ) -> None:
     retrieval = retrieval_config(knowledge_store, citations=False, top_k=2)
-    with running(serve_config.model_copy(update={"retrieval": retrieval})) as url:
-        wait_ready(url)
-        client = client_for(url)
-        completion = client.chat.completions.create(model=BASE, messages=ASK, max_tokens=2)
-        assert "citations" not in (completion.model_extra or {})
-        assert completion.usage is not None and completion.usage.prompt_tokens > 100
-        chunks = list(
-            client.chat.completions.create(model=BASE, messages=ASK, max_tokens=2, stream=True)
-        )
-        assert all("citations" not in (c.model_extra or {}) for c in chunks)
-        # Dense search (hybrid off): cosine scores; retrieval still grounds the answer.
-        hits = retrieve(client, query=QUESTION)["data"]
-        assert len(hits) == 2 and hits[0]["score"] > RRF_MAX
+    config = serve_config.model_copy(update={"retrieval": retrieval})
+    knowledge = KnowledgeBase(retrieval, retry_seconds=0.2)
+    await knowledge.open()
+    try:
+        question = [{"role": "user", "content": QUESTION}]
+        grounding = await Augmenter(config, knowledge).prepare(question)
+    finally:
+        knowledge.close()
+    assert grounding.citations is None
+    assert SHIPPING in grounding.messages[0]["content"]  # the context is still there
+    # Dense search (hybrid off): cosine scores; retrieval still grounds the answer.
+    with running(config) as url:
+        wait_until(lambda: get_json(f"{url}/readyz")[1]["retrieval"]["ready"], 60, "retrieval")
+        hits = retrieve(client_for(url), query=QUESTION)["data"]
+    assert len(hits) == 2 and hits[0]["score"] > RRF_MAX

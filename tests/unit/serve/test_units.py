@@ -10,17 +10,24 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from phiops_embed.retrieval import Hit
 from phiops_serve.app import create_app
+from phiops_serve.engine_args import (
+    engine_environment,
+    engine_kwargs,
+    lora_rank_limit,
+    lora_slots,
+    resolve_dtype,
+)
 from phiops_serve.errors import ApiError
-from phiops_serve.loading import resolve_dtype
+from phiops_serve.loading import LoadError, lora_rank
 from phiops_serve.rag import (
     DEFAULT_CONTEXT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
     citations,
     grounded_messages,
 )
-from phiops_serve.tokens import cut_at_stop, held_back
 from phiops_serve.validation import parse_request, parse_retrieve
-from phiops_workload.serving import ServeConfig
+from phiops_serve.zero_adapter import write_zero_adapter
+from phiops_workload.serving import EngineConfig, ServeConfig
 from pydantic import ValidationError
 
 CONFIG = {
@@ -122,12 +129,86 @@ def test_request_ignore_eos_and_retrieve_defaults() -> None:
     assert (ask.top_k, ask.score_threshold, ask.hybrid) == (None, None, None)
 
 
-def test_stop_sequences() -> None:
-    assert cut_at_stop("hello world", ("o w", "ld")) == ("hell", True)
-    assert cut_at_stop("hello", ("xyz",)) == ("hello", False)
-    assert held_back("answer: EN", ("END",)) == 2
-    assert held_back("answer", ("END",)) == 0
-    assert held_back("abc", ()) == 0
+def test_engine_arguments_follow_the_settings() -> None:
+    config = ServeConfig.model_validate(
+        {
+            **CONFIG,
+            "engine": {"max_model_len": 4096, "max_num_seqs": 32, "enforce_eager": True},
+        }
+    )
+    cpu = engine_kwargs(config, cpu=True, max_loras=2, max_lora_rank=16)
+    assert cpu["model"] == cpu["tokenizer"] == "/models/phi-3"
+    assert cpu["served_model_name"] == ["phi-3-mini"]
+    assert (cpu["max_model_len"], cpu["max_num_seqs"], cpu["enforce_eager"]) == (4096, 32, True)
+    assert cpu["enable_lora"] and cpu["enable_prefix_caching"]
+    assert (cpu["max_loras"], cpu["max_lora_rank"]) == (2, 16)
+    assert cpu["max_cpu_loras"] >= cpu["max_loras"]
+    assert cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
+    assert cpu["distributed_executor_backend"] == "uni"
+    gpu = engine_kwargs(
+        config.model_copy(
+            update={
+                "quantize": "nf4",
+                "engine": config.engine.model_copy(
+                    update={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}
+                ),
+            }
+        ),
+        cpu=False,
+        max_loras=1,
+        max_lora_rank=8,
+    )
+    assert gpu["quantization"] == "bitsandbytes" and gpu["dtype"] == "auto"
+    assert gpu["tensor_parallel_size"] == 2 and "distributed_executor_backend" not in gpu
+    assert gpu["gpu_memory_utilization"] == 0.8
+    with pytest.raises(LoadError, match="nf4 needs a CUDA GPU"):
+        engine_kwargs(
+            config.model_copy(update={"quantize": "nf4"}), cpu=True, max_loras=1, max_lora_rank=8
+        )
+
+
+def test_lora_slots_and_ranks_are_sized_from_the_adapters() -> None:
+    config = ServeConfig.model_validate(CONFIG)  # one adapter
+    assert lora_slots(config, base_rides_adapter=False) == 1
+    assert lora_slots(config, base_rides_adapter=True) == 2  # the base's zero adapter
+    none = config.model_copy(update={"adapters": []})
+    assert lora_slots(none, base_rides_adapter=False) == 1  # room for the first hot load
+    assert lora_rank_limit(config, []) == 16
+    assert lora_rank_limit(config, [8, 24]) == 32  # rounded up to a size vLLM is built for
+    fixed = config.model_copy(update={"engine": EngineConfig(max_lora_rank=64, max_loras=5)})
+    assert lora_rank_limit(fixed, [8]) == 64 and lora_slots(fixed, True) == 6
+    with pytest.raises(ValidationError, match="max_lora_rank"):
+        EngineConfig(max_lora_rank=12)
+
+
+def test_the_engine_environment_keeps_vllm_in_the_work_dir(tmp_path: Path) -> None:
+    config = ServeConfig.model_validate(CONFIG)
+    env = engine_environment(config, tmp_path)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    for key in ("VLLM_CACHE_ROOT", "VLLM_RPC_BASE_PATH", "TMPDIR"):
+        assert env[key].startswith(str(tmp_path))
+    assert env["VLLM_NO_USAGE_STATS"] == "1"
+    sized = config.model_copy(update={"engine": EngineConfig(kv_cache_space_gib=3)})
+    assert engine_environment(sized, tmp_path)["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_the_zero_adapter_changes_nothing_and_loads_as_lora(tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from phiops_finetune.tiny_model import make_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = make_tiny_model(tmp_path / "base")
+    config = json.loads((base_dir / "config.json").read_text())
+    zero = write_zero_adapter(config, tmp_path / "zero")
+    assert lora_rank(str(zero)) == 1
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        wrapped = PeftModel.from_pretrained(model, str(zero))(ids).logits
+    assert torch.equal(plain, wrapped)
 
 
 def hit(doc_id: str, text: str, heading: str = "", score: float = 0.5) -> Hit:
@@ -201,6 +282,7 @@ async def test_not_ready_until_loaded() -> None:
             "name": "phi-3-mini",
             "loaded": False,
             "sha256": None,
+            "path": "/models/phi-3",
             "error": None,
         }
         assert body["retrieval"] is None
@@ -221,10 +303,9 @@ async def test_not_ready_until_loaded() -> None:
         assert set((await missing.json())["error"]) == {"message", "type", "param", "code"}
 
 
-def test_auto_dtype_is_float32_on_cpu_and_explicit_dtypes_stay() -> None:
-    import torch
-
+def test_auto_dtype_is_float32_on_cpu_and_the_models_own_on_gpu() -> None:
     auto = ServeConfig.model_validate({**CONFIG, "retrieval": None})
-    assert resolve_dtype(auto, "cpu") == torch.float32
+    assert resolve_dtype(auto, cpu=True) == "float32"
+    assert resolve_dtype(auto, cpu=False) == "auto"
     bf16 = auto.model_copy(update={"dtype": "bfloat16"})
-    assert resolve_dtype(bf16, "cpu") == torch.bfloat16
+    assert resolve_dtype(bf16, cpu=True) == "bfloat16"
