@@ -150,7 +150,7 @@ def test_fine_tune_job_rejects_with_the_field_named(data: dict[str, Any], expect
         ({"engine": {"maxLoras": 0}}, "spec.engine.maxLoras: Input should be greater"),
         (
             {"engine": {"kvCacheSpaceGiB": -1}},
-            "spec.engine.kvCacheSpaceGiB: Input should be greater than 0",
+            "spec.engine.kvCacheSpaceGiB: Input should be greater than or equal to 1",
         ),
         ({"engine": {"maxLoraRank": 48}}, "spec.engine.maxLoraRank: Input should be 1, 8, 16"),
         ({"engine": {"maxBatchSize": 8}}, "spec.engine.maxBatchSize: Extra inputs"),
@@ -183,8 +183,8 @@ def test_phi_deployment_engine_settings_and_nf4_on_gpus() -> None:
     assert spec.engine.max_lora_rank == 320
     assert spec.engine.enable_prefix_caching is True
     assert spec.to_wire()["engine"]["maxModelLen"] == 4096
-    cpu = PhiDeploymentSpec.model_validate({"engine": {"kvCacheSpaceGiB": 2.5}})
-    assert cpu.to_wire()["engine"]["kvCacheSpaceGiB"] == 2.5
+    cpu = PhiDeploymentSpec.model_validate({"engine": {"kvCacheSpaceGiB": 2}})
+    assert cpu.to_wire()["engine"]["kvCacheSpaceGiB"] == 2
 
 
 def test_unknown_fields_are_errors() -> None:

@@ -233,7 +233,7 @@ def test_tensor_parallelism_follows_the_gpus(gpus: int, parallel: int) -> None:
 
 def test_engine_defaults_and_the_cpu_kv_cache() -> None:
     engine = served(build()).engine
-    assert engine.enable_prefix_caching is True and engine.enforce_eager is False
+    assert engine.enable_prefix_caching is True and engine.enforce_eager is None
     assert engine.max_lora_rank is None and engine.max_model_len is None
     cpu = served(build({**SPEC, "engine": {"kvCacheSpaceGiB": 6}})).engine
     assert cpu.kv_cache_space_gib == 6

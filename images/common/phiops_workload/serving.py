@@ -66,8 +66,9 @@ class EngineConfig(_Strict):
     """Sequences batched together at most; None: vLLM's default."""
     tensor_parallel_size: int = Field(default=1, ge=1)
     """GPUs one replica spreads the model over."""
-    enforce_eager: bool = False
-    """Skip CUDA graphs and torch.compile: faster start, slower steady state."""
+    enforce_eager: bool | None = None
+    """Skip CUDA graphs and torch.compile: faster start, slower steady state. None: eager on
+    vLLM's CPU build (compiling at start takes minutes there), compiled on GPUs."""
     enable_prefix_caching: bool = True
     max_loras: int | None = Field(default=None, ge=1)
     """Adapters in one batch at most; None: sized from the adapters served."""

@@ -54,7 +54,7 @@ def engine_kwargs(
         "dtype": resolve_dtype(config, cpu),
         "max_model_len": engine.max_model_len,
         "tensor_parallel_size": engine.tensor_parallel_size,
-        "enforce_eager": engine.enforce_eager,
+        "enforce_eager": cpu if engine.enforce_eager is None else engine.enforce_eager,
         "enable_prefix_caching": engine.enable_prefix_caching,
         "seed": engine.seed,
         # Always on, even with no adapter yet: adapters come and go without a restart.

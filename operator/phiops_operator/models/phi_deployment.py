@@ -95,15 +95,17 @@ class EngineSettings(KubeModel):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     """Share of each GPU's memory the engine may take (weights, activations, KV cache);
     lower it when something else shares the GPU."""
-    kv_cache_space_gib: Annotated[float, Field(gt=0, le=4096)] | None = Field(
+    kv_cache_space_gib: Annotated[int, Field(ge=1, le=4096)] | None = Field(
         default=None, alias="kvCacheSpaceGiB"
     )
     """CPU-only pods (`resources.gpus: 0`): GiB of memory reserved for the KV cache (vLLM's
-    VLLM_CPU_KVCACHE_SPACE); unset: vLLM's default. Count it in `resources.resources`."""
+    VLLM_CPU_KVCACHE_SPACE); unset: 1 GiB per 16 sequences (at least 1). Count it in
+    `resources.resources`."""
     max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
     """Sequences generated together in one batch at most; unset: vLLM's default."""
-    enforce_eager: bool = False
-    """Skip CUDA graphs and torch.compile: the pod starts faster, generates slower."""
+    enforce_eager: bool | None = None
+    """Skip CUDA graphs and torch.compile: the pod starts faster, generates slower. Unset:
+    eager on CPU-only pods (compiling at start takes minutes there), compiled on GPUs."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of a shared prompt prefix (the system prompt, retrieved context)."""
     max_loras: Annotated[int, Field(ge=1, le=256)] | None = None

@@ -161,6 +161,10 @@ def test_engine_arguments_follow_the_settings() -> None:
     assert gpu["quantization"] == "bitsandbytes" and gpu["dtype"] == "auto"
     assert gpu["tensor_parallel_size"] == 2 and "distributed_executor_backend" not in gpu
     assert gpu["gpu_memory_utilization"] == 0.8
+    # Unset: eager on the CPU build, compiled (CUDA graphs) on GPUs.
+    unset = config.model_copy(update={"engine": EngineConfig()})
+    assert engine_kwargs(unset, cpu=True, max_loras=1, max_lora_rank=8)["enforce_eager"] is True
+    assert engine_kwargs(unset, cpu=False, max_loras=1, max_lora_rank=8)["enforce_eager"] is False
     with pytest.raises(LoadError, match="nf4 needs a CUDA GPU"):
         engine_kwargs(
             config.model_copy(update={"quantize": "nf4"}), cpu=True, max_loras=1, max_lora_rank=8
