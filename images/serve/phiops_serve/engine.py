@@ -146,14 +146,25 @@ class Engine:
         self.settled = True
 
     async def _start_engine(self) -> None:
+        # Importing vLLM and transformers takes tens of seconds: never on the event loop,
+        # which must keep answering /healthz (the liveness probe) meanwhile.
+        kwargs, zero = await asyncio.to_thread(self._prepare)
+        self.llm = await asyncio.to_thread(_build_engine, kwargs)
+        if zero is not None:
+            self._base_adapter = self._lora_request(ZERO_ADAPTER, str(zero))
+            await self.llm.add_lora(self._base_adapter)
+
+    def _prepare(self) -> tuple[dict[str, Any], Path | None]:
+        """(vLLM's engine arguments, the zero adapter's folder on the CPU build). Loads the
+        tokenizer and the end-of-turn ids; blocking."""
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.platforms import current_platform
 
         cpu = current_platform.is_cpu()
         hub: dict[str, Any] = {"revision": self.config.revision, "token": self._hub_token()}
         path = self.config.base_model_path
-        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path, **hub)
-        self.stop_token_ids = await asyncio.to_thread(_stop_token_ids, path, hub, GenerationConfig)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **hub)
+        self.stop_token_ids = _stop_token_ids(path, hub, GenerationConfig)
         ranks = []
         for adapter in self.config.adapters:
             try:  # a bad adapter is refused later, when loaded; it does not size the engine
@@ -167,13 +178,11 @@ class Engine:
             max_loras=engine_args.lora_slots(self.config, base_rides_adapter=cpu),
             max_lora_rank=self.max_lora_rank,
         )
+        zero = None
         if cpu:
-            model_config = await asyncio.to_thread(AutoConfig.from_pretrained, path, **hub)
-            zero = write_zero_adapter(model_config.to_dict(), self.work_dir / ZERO_ADAPTER)
-        self.llm = await asyncio.to_thread(_build_engine, kwargs)
-        if cpu:
-            self._base_adapter = self._lora_request(ZERO_ADAPTER, str(zero))
-            await self.llm.add_lora(self._base_adapter)
+            model_config = AutoConfig.from_pretrained(path, **hub).to_dict()
+            zero = write_zero_adapter(model_config, self.work_dir / ZERO_ADAPTER)
+        return kwargs, zero
 
     def _hub_token(self) -> str | None:
         if not self.config.hub_token_file:
