@@ -154,18 +154,40 @@ def work_dir_for(config: ServeConfig) -> Path:
     return path
 
 
+def _import_heavy(engine: bool, knowledge: bool) -> None:
+    """Import what the engine and the knowledge base need, in one thread: importing the same
+    packages (transformers, accelerate) from two threads at once can fail with 'partially
+    initialized module' errors."""
+    import importlib
+
+    modules = ["transformers", "transformers.modeling_utils"]
+    if engine:
+        modules += ["vllm", "vllm.engine.arg_utils", "vllm.v1.engine.async_llm", "vllm.platforms"]
+    if knowledge:
+        modules += ["sentence_transformers", "phiops_embed.embedder", "phiops_embed.retrieval"]
+    for module in modules:
+        importlib.import_module(module)
+
+
+async def _start(app: web.Application) -> None:
+    """Start the engine and open the knowledge base; each records its own failures."""
+    engine, knowledge = app[ENGINE], app[KNOWLEDGE]
+    start_engine = app[START_ENGINE]
+    await asyncio.to_thread(_import_heavy, start_engine, knowledge is not None)
+    starts = [engine.start()] if start_engine else []
+    if knowledge is not None:
+        starts.append(knowledge.open())
+    await asyncio.gather(*starts)
+
+
 async def _background_start(app: web.Application) -> AsyncIterator[None]:
-    # Engine.start records its failures in the models' states.
-    engine = app[ENGINE]
-    starting = asyncio.create_task(engine.start()) if app[START_ENGINE] else None
-    knowledge = app[KNOWLEDGE]
-    opening = asyncio.create_task(knowledge.open()) if knowledge is not None else None
+    # In a task: the server listens (and answers /healthz) from the first second.
+    starting = asyncio.create_task(_start(app))
     yield
-    for task in (starting, opening):
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    engine.shutdown()
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    app[ENGINE].shutdown()
+    knowledge = app[KNOWLEDGE]
     if knowledge is not None:
         knowledge.close()
