@@ -66,6 +66,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         grounding = await request.app[AUGMENTER].prepare(messages)
     except (NotLoaded, KnowledgeUnavailable) as err:
         raise unavailable(str(err)) from None
+    try:
+        engine.prompt_ids(grounding.messages)  # too long: 400 now, even for a stream
+    except PromptRejected as err:
+        raise bad("messages", str(err)) from None
     extra = {} if grounding.citations is None else {"citations": grounding.citations}
     reply = _Reply(model, extra)
     if stream:

@@ -310,10 +310,18 @@ class Engine:
         )
 
     def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """The chat's prompt tokens. Raises PromptRejected when no token would fit after it
+        (checked here so that a stream can still answer 400 before its headers)."""
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        limit = self.llm.model_config.max_model_len if self.llm is not None else None
+        if limit is not None and len(ids) >= limit:
+            raise PromptRejected(
+                f"the prompt has {len(ids)} tokens (retrieved context included); this server "
+                f"takes at most {limit} tokens of prompt and completion together"
+            )
         return ids
 
     async def stream(

@@ -66,8 +66,6 @@ def engine_kwargs(
         "max_cpu_loras": max_loras + max(2, len(config.adapters)),
         "disable_log_stats": False,
     }
-    if engine.tensor_parallel_size == 1:  # the worker runs in the engine process: one
-        kwargs["distributed_executor_backend"] = "uni"  # process start fewer (~20 s on CPU)
     if engine.max_num_seqs is not None:
         kwargs["max_num_seqs"] = engine.max_num_seqs
     if not cpu:

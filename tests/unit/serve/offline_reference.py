@@ -29,7 +29,6 @@ def main(request_file: str, answer_file: str) -> None:
         enable_lora=True,
         max_loras=max(1, len(adapters)),
         max_lora_rank=16,
-        distributed_executor_backend="uni",
     )
     loras = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(adapters.items(), 1)}
     params = SamplingParams(max_tokens=request["max_tokens"], temperature=0.0, ignore_eos=True)

@@ -173,3 +173,16 @@ def test_streaming_honours_stop_sequences(client: OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole[: whole.find(stop)]
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_longer_than_the_engine_takes_is_400_naming_messages(
+    client: OpenAI, stream: bool
+) -> None:
+    long: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "tents and boots " * 1500}
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=BASE, messages=long, max_tokens=4, stream=stream)
+    assert caught.value.param == "messages"
+    assert "at most 2048 tokens" in str(caught.value.body)

@@ -144,7 +144,6 @@ def test_engine_arguments_follow_the_settings() -> None:
     assert (cpu["max_loras"], cpu["max_lora_rank"]) == (2, 16)
     assert cpu["max_cpu_loras"] >= cpu["max_loras"]
     assert cpu["dtype"] == "float32" and "gpu_memory_utilization" not in cpu
-    assert cpu["distributed_executor_backend"] == "uni"
     gpu = engine_kwargs(
         config.model_copy(
             update={
@@ -159,7 +158,7 @@ def test_engine_arguments_follow_the_settings() -> None:
         max_lora_rank=8,
     )
     assert gpu["quantization"] == "bitsandbytes" and gpu["dtype"] == "auto"
-    assert gpu["tensor_parallel_size"] == 2 and "distributed_executor_backend" not in gpu
+    assert gpu["tensor_parallel_size"] == 2
     assert gpu["gpu_memory_utilization"] == 0.8
     # Unset: eager on the CPU build, compiled (CUDA graphs) on GPUs.
     unset = config.model_copy(update={"engine": EngineConfig()})
