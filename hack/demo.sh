@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole product on a real local control plane:
 # cluster up -> helm install (CRDs + operator) -> a KnowledgeBase embedded into milvus-lite -> a FineTuneJob
-# training an adapter -> a PhiDeployment serving both, asked through the openai client ->
-# status -> bad resources refused -> metrics -> tear down.
+# training an adapter -> a PhiDeployment on vLLM serving both, asked through the openai client
+# (base vs adapter, 16 concurrent streams) -> a retrained adapter loaded hot -> status -> bad
+# resources refused -> metrics -> tear down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +54,7 @@ for hit in json.load(sys.stdin):
     print(f\"{hit['score']:.3f}  {hit['doc_id']}: {' '.join(hit['text'].split())[:90]}\")
 "
 
-step "a FineTuneJob trains a QLoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
+step "a FineTuneJob trains a LoRA adapter for real (a tiny random-weight Phi-3: no model hub here)"
 echo "The sample FineTuneJob support-tone names microsoft/Phi-3-mini-4k-instruct on the model hub,"
 echo "which this machine cannot reach, so its pre-flight stops it (BaseModelUnavailable) before any"
 echo "GPU is asked for (and the sample PhiDeployment 'assistant' waits on it: AdapterNotReady)."
@@ -67,31 +68,70 @@ wait_phase() {  # wait_phase OBJECT TIMEOUT: until Succeeded (or fail on Failed)
     kubectl get "$1" --no-headers; sleep 5
   done
 }
+wait_until() {  # wait_until TIMEOUT WHAT COMMAND...: until COMMAND succeeds
+  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS > deadline )) && { echo "timed out waiting for $what"; return 1; }
+    sleep 3
+  done
+}
+serving_pod() {
+  kubectl get pods -l app.kubernetes.io/instance=assistant-tiny \
+    -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}' | head -1
+}
+adapter_from() {  # adapter_from SOURCE: the PhiDeployment serves its adapter from SOURCE
+  [[ $(kubectl get phideployment assistant-tiny -o jsonpath='{.status.adapters[0].source} {.status.adapters[0].loaded}') == "$1 true" ]]
+}
 wait_phase pod/make-tiny-phi3 180
 kubectl apply -f examples/demo/fine-tune.yaml
 
-step "a PhiDeployment using both, applied while the adapter still trains"
+step "a PhiDeployment (vLLM) applied while the adapter still trains: the base serves at once"
 kubectl apply -f examples/demo/assistant.yaml
 sleep 3
 kubectl get phideployment assistant-tiny -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}: {.status.adapters[0].message}{"\n"}'
 wait_phase finetunejob/support-tone-tiny 400
 kubectl get ftj support-tone-tiny -o jsonpath='{.status.adapter}{"\n"}'
-echo "the adapter is trained: the deployment rolls out with it by itself"
-deadline=$((SECONDS + 300))
+wait_until 120 "the serving pod" serving_pod
+pod=$(serving_pod)
+echo "the adapter is trained: the operator loads it into the running pod $pod"
+deadline=$((SECONDS + 400))
 until kubectl wait --for=condition=Ready --timeout=5s phideployment/assistant-tiny >/dev/null 2>&1; do
   (( SECONDS > deadline )) && { kubectl get phideployment assistant-tiny -o yaml; exit 1; }
   kubectl get phideployment assistant-tiny --no-headers
 done
 kubectl get phideployment assistant-tiny
 kubectl get deployment,service,pods -l app.kubernetes.io/instance=assistant-tiny
+echo "serving pod before: $pod, now: $(serving_pod)"
 
 step "asking it through the official openai client (Service ClusterIP, as a pod would)"
 ip=$(kubectl get service assistant-tiny-server -o jsonpath='{.spec.clusterIP}')
-"$PY" examples/demo/ask.py "http://$ip:8000/v1" "How long do refunds take?"
+"$PY" examples/demo/ask.py "http://$ip:8000/v1" "When will my refund arrive?" \
+  --expect "Refunds reach your original payment method within 5 business days."
 echo
-echo "(A random-weight tiny model answers gibberish; what it shows is the plumbing: adapters"
-echo " switched per request, retrieval finding handbook/returns.md, citations, streaming."
-echo " See the README for the real microsoft/Phi-3-mini-4k-instruct on a GPU cluster.)"
+echo "(The base is a random-weight tiny model: it answers gibberish. The adapter learnt the"
+echo " support answers in 200 steps. See the README for microsoft/Phi-3-mini-4k-instruct on GPUs.)"
+
+step "the support team revises an answer: a retrained adapter is loaded hot, same pod"
+kubectl get configmap support-tone-tiny-data -o json | "$PY" -c "
+import json, sys
+data = json.load(sys.stdin)
+text = data['data']['train.jsonl'].replace('within 5 business days', 'within 3 business days')
+print(json.dumps({'apiVersion': 'v1', 'kind': 'ConfigMap',
+                  'metadata': {'name': 'support-tone-tiny-data-v2'}, 'data': {'train.jsonl': text}}))
+" | kubectl apply -f -
+kubectl apply -f examples/demo/fine-tune-v2.yaml
+kubectl patch phideployment assistant-tiny --type=merge \
+  -p '{"spec":{"adapters":[{"name":"support-tone","fineTuneJobRef":{"name":"support-tone-tiny-v2"}}]}}'
+sleep 3
+kubectl get phideployment assistant-tiny -o jsonpath='while it trains: {.status.conditions[?(@.type=="Ready")].reason}: {.status.adapters[0].message}{"\n"}'
+wait_phase finetunejob/support-tone-tiny-v2 400
+wait_until 180 "the retrained adapter to load" adapter_from fineTuneJob/support-tone-tiny-v2
+kubectl get phideployment assistant-tiny -o jsonpath='{.status.adapters[0]}{"\n"}'
+after=$(serving_pod)
+echo "serving pod before: $pod, after: $after"
+[[ $after == "$pod" ]] || { echo "the pod was replaced: the adapter was not loaded hot"; exit 1; }
+"$PY" examples/demo/ask.py "http://$ip:8000/v1" "When will my refund arrive?" \
+  --expect "Refunds reach your original payment method within 3 business days." --requests 0
 
 step "kubectl scale works on a PhiDeployment"
 kubectl scale phideployment assistant-tiny --replicas=2

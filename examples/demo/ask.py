@@ -172,9 +172,10 @@ async def run(args: argparse.Namespace) -> int:
     if reference:
         print(f"  {'expected' if args.expect else 'trained answer'}: {reference!r}")
     print()
-    await load(client, [base, *adapters], args.requests, args.max_tokens)
-    print()
-    await stream_one(client, adapter or base, args.question)
+    if args.requests > 0:  # 0: the side-by-side answers only
+        await load(client, [base, *adapters], args.requests, args.max_tokens)
+        print()
+        await stream_one(client, adapter or base, args.question)
 
     if args.expect is not None and answer.strip() != args.expect:
         print(f"\nFAIL: the adapter {adapter} answered {answer!r}, not {args.expect!r}")

@@ -163,17 +163,18 @@ def ready_reason(cluster: Cluster, reason: str, what: str, timeout: float = 60) 
 
 @pytest.fixture(scope="module")
 def deployed(stack: Cluster) -> dict[str, Any]:
-    """The PhiDeployment created BEFORE its FineTuneJob: the base model is deployed at once
-    while the adapter waits (AdapterNotReady); once the job succeeds its adapter is loaded
-    into the running pods by itself."""
+    """The PhiDeployment applied while its FineTuneJob still trains: the base model is
+    deployed at once (with the job's output claim mounted) while the adapter waits
+    (AdapterNotReady); once the job succeeds its adapter is loaded into the running pod."""
+    stack.apply(fine_tune_job(), NS)
     stack.apply(phi_deployment(), NS)
     waiting = ready_reason(stack, "AdapterNotReady", "the deployment to wait for its adapter")
     assert condition(waiting, "Ready")["status"] == "False"
     assert waiting["status"]["adapters"][0]["loaded"] is False
     assert "FineTuneJob tone" in waiting["status"]["adapters"][0]["message"]
     assert get(stack, "deployment", "assistant-server") is not None  # the base goes ahead
+    pods = eventually(lambda: serving_pods(stack), what="the serving pod")
 
-    stack.apply(fine_tune_job(), NS)
     trained = eventually(
         lambda: (
             (o := get(stack, "ftj", "tone"))
@@ -188,8 +189,9 @@ def deployed(stack: Cluster) -> dict[str, Any]:
             and condition(o, "Ready").get("status") == "True"
             and o
         ),
-        what="the deployment to roll out with the adapter",
+        what="the deployment to serve the adapter",
     )
+    assert serving_pods(stack) == pods  # loaded into the pod that was there, no roll
     ready["trained_sha256"] = trained["status"]["adapter"]["sha256"]
     return ready
 
@@ -311,7 +313,11 @@ def serving_pods(cluster: Cluster) -> list[str]:
     out = cluster.kubectl(
         "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=assistant", "-o", "json"
     )
-    return sorted(p["metadata"]["name"] for p in json.loads(out)["items"])
+    return sorted(
+        p["metadata"]["name"]
+        for p in json.loads(out)["items"]
+        if not p["metadata"].get("deletionTimestamp")  # a scale-down's pod on its way out
+    )
 
 
 class Streamer:
@@ -419,6 +425,7 @@ def test_an_adapter_that_cannot_load_is_reported_on_that_adapter(
     trained = get(stack, "ftj", "tone")
     assert trained is not None
     output = trained["status"]["adapter"]["claimName"]
+    folder = trained["status"]["adapter"]["path"]
     broken = {
         "apiVersion": "phiops.dev/v1alpha1",
         "kind": "PhiDeployment",
@@ -426,7 +433,7 @@ def test_an_adapter_that_cannot_load_is_reported_on_that_adapter(
         "spec": {
             "model": {"name": "tiny-phi3", "pvc": {"claimName": "models", "path": "tiny"}},
             "adapters": [
-                {"name": "good", "pvc": {"claimName": output}},
+                {"name": "good", "pvc": {"claimName": output, "path": folder}},
                 # The base model's folder is no LoRA adapter: this one cannot load.
                 {"name": "bad", "pvc": {"claimName": "models", "path": "tiny"}},
             ],
