@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from phiops_devcluster.node_runtime.containers import IMAGE_PATHS
 
 from tests.helpers import REPO, host_paths, remove_created
 
@@ -88,7 +89,9 @@ def test_mount_points_are_made_in_the_container_only_under_a_volume_over_tmp(
                 "hostname": "shim-test",
                 "mounts": [{**m, "source": str(m["source"]), "ownVolume": True} for m in mounts],
                 "layers": str(state / "layers"),
-                "imagePaths": [str(image)],
+                # As the runtime does: the Python environment stays visible too (under a
+                # volume over /tmp when the checkout itself lives under /tmp).
+                "imagePaths": [str(image), *IMAGE_PATHS],
                 "workingDir": "/tmp",
                 "argv": [sys.executable, "-c", script],
                 "env": {"PATH": os.environ["PATH"]},
