@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -103,3 +104,41 @@ def remove_created(before: HostPaths) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
             path.unlink()
+
+
+class Streamer:
+    """A client streaming answers of `model` to `question` one after another, on a thread of
+    its own, until the block ends; counts the answers and keeps every failure (a hot reload
+    must cause none)."""
+
+    def __init__(self, client: Any, model: str, question: str, max_tokens: int) -> None:
+        self.client, self.model = client, model
+        self.question, self.max_tokens = question, max_tokens
+        self.done = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                chunks = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": self.question}],
+                    max_tokens=self.max_tokens,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                if not any(c.choices and c.choices[0].delta.content for c in chunks):
+                    raise AssertionError("an empty answer")
+                self.done += 1
+            except Exception as err:
+                self.failures.append(repr(err))
+
+    def __enter__(self) -> Streamer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(120)

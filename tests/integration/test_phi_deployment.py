@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -320,41 +319,6 @@ def serving_pods(cluster: Cluster) -> list[str]:
     )
 
 
-class Streamer:
-    """Streams answers from `model` one after another until stopped; counts failures."""
-
-    def __init__(self, client: openai.OpenAI, model: str) -> None:
-        self.client, self.model = client, model
-        self.done = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                chunks = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": "Is order 3 on its way?"}],
-                    max_tokens=16,
-                    stream=True,
-                    extra_body={"ignore_eos": True},
-                )
-                if not any(c.choices and c.choices[0].delta.content for c in chunks):
-                    raise AssertionError("an empty answer")
-                self.done += 1
-            except Exception as err:
-                self.failures.append(repr(err))
-
-    def __enter__(self) -> Streamer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(120)
-
-
 def test_a_job_finishing_loads_its_adapter_hot_while_clients_stream(
     stack: Cluster, deployed: dict[str, Any], client: openai.OpenAI
 ) -> None:
@@ -375,7 +339,11 @@ def test_a_job_finishing_loads_its_adapter_hot_while_clients_stream(
 
     retrained = fine_tune_job("tone-v2")
     retrained["spec"]["training"]["learningRate"] = 0.02
-    with Streamer(client, "tone") as on_adapter, Streamer(client, "tiny-phi3") as on_base:
+    order = "Is order 3 on its way?"
+    with (
+        helpers.Streamer(client, "tone", order, 16) as on_adapter,
+        helpers.Streamer(client, "tiny-phi3", order, 16) as on_base,
+    ):
         stack.apply(retrained, NS)
         new_sha = eventually(
             lambda: (

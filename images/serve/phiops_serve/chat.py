@@ -16,7 +16,6 @@ from phiops_serve.admission import ARRIVED, METRICS, MODEL
 from phiops_serve.engine import (
     Completion,
     Engine,
-    Message,
     NotLoaded,
     PromptRejected,
     Sampling,
@@ -66,16 +65,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         grounding = await request.app[AUGMENTER].prepare(messages)
     except (NotLoaded, KnowledgeUnavailable) as err:
         raise unavailable(str(err)) from None
-    try:
-        engine.prompt_ids(grounding.messages)  # too long: 400 now, even for a stream
+    try:  # tokenised once; too long is a 400 now, before a stream's headers
+        ids = engine.prompt_ids(grounding.messages)
     except PromptRejected as err:
         raise bad("messages", str(err)) from None
     extra = {} if grounding.citations is None else {"citations": grounding.citations}
     reply = _Reply(model, extra)
     if stream:
-        return await _stream(request, engine, reply, grounding.messages, sampling, body)
+        return await _stream(request, engine, reply, ids, sampling, body)
     try:
-        done = await engine.complete(model, grounding.messages, sampling)
+        done = await engine.complete(model, ids, sampling)
     except (NotLoaded, UnknownModel) as err:  # unloaded while retrieval ran
         raise unavailable(str(err)) from None
     except PromptRejected as err:
@@ -101,7 +100,7 @@ async def _stream(
     request: web.Request,
     engine: Engine,
     reply: _Reply,
-    messages: list[Message],
+    ids: list[int],
     sampling: Sampling,
     body: dict[str, Any],
 ) -> web.StreamResponse:
@@ -124,9 +123,7 @@ async def _stream(
     try:
         # The first chunk carries the citations: clients can show sources while text comes.
         await send({**chunk({"role": "assistant", "content": ""}, None), **reply.extra})
-        async with contextlib.aclosing(
-            engine.stream(reply.model, messages, sampling, usage)
-        ) as pieces:
+        async with contextlib.aclosing(engine.stream(reply.model, ids, sampling, usage)) as pieces:
             async for piece in pieces:
                 await send(chunk({"content": piece}, None))
         await send(chunk({}, usage.finish_reason))

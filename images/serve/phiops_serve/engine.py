@@ -325,16 +325,15 @@ class Engine:
         return ids
 
     async def stream(
-        self, model: str, messages: list[Message], sampling: Sampling, usage: Completion
+        self, model: str, ids: list[int], sampling: Sampling, usage: Completion
     ) -> AsyncGenerator[str, None]:
-        """Yield the completion's text piece by piece; `usage` is filled in as it goes.
-        Closing the generator (or cancelling its task) aborts the request in vLLM and frees
-        its slot."""
+        """Yield the completion of the prompt `ids` (from `prompt_ids`) piece by piece;
+        `usage` is filled in as it goes. Closing the generator (or cancelling its task)
+        aborts the request in vLLM and frees its slot."""
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
         self.require(model)
-        ids = self.prompt_ids(messages)
         usage.prompt_tokens = len(ids)
         version = self._adapters.current.get(model)
         lora = version.request if version is not None else self._base_adapter
@@ -371,9 +370,9 @@ class Engine:
                 if version.retired and version.users == 0:
                     await self._remove(version)
 
-    async def complete(self, model: str, messages: list[Message], sampling: Sampling) -> Completion:
+    async def complete(self, model: str, ids: list[int], sampling: Sampling) -> Completion:
         done = Completion()
-        async for _ in self.stream(model, messages, sampling, done):
+        async for _ in self.stream(model, ids, sampling, done):
             pass
         return done
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from peft import PrefixTuningConfig
 from phiops_serve.rag import grounded_messages
 from transformers import AutoTokenizer
+
+from tests.helpers import Streamer
 
 from .conftest import (
     ADAPTER,
@@ -215,41 +216,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-class Streamer:
-    """A client streaming answers from `model` one after another until stopped, counting
-    failures."""
-
-    def __init__(self, url: str, model: str) -> None:
-        self.client, self.model = client_for(url), model
-        self.done, self.failures = 0, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                chunks = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=ask("Is the tent waterproof?"),
-                    max_tokens=24,
-                    stream=True,
-                    extra_body={"ignore_eos": True},
-                )
-                if not any(c.choices and c.choices[0].delta.content for c in chunks):
-                    raise AssertionError("an empty answer")
-                self.done += 1
-            except Exception as err:
-                self.failures.append(repr(err))
-
-    def __enter__(self) -> Streamer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-
 def test_an_adapter_is_replaced_loaded_and_unloaded_while_clients_stream(
     served: Server, tiny_models: TinyModels, tmp_path: Path
 ) -> None:
@@ -258,7 +224,11 @@ def test_an_adapter_is_replaced_loaded_and_unloaded_while_clients_stream(
         model=ADAPTER, messages=ask(QUESTIONS[0]), max_tokens=TOKENS, temperature=0
     )
     retrained = shutil.copytree(tiny_models.third, tmp_path / "retrained")
-    with Streamer(url, ADAPTER) as on_adapter, Streamer(url, BASE) as on_base:
+    tent = "Is the tent waterproof?"
+    with (
+        Streamer(client, ADAPTER, tent, 24) as on_adapter,
+        Streamer(client, BASE, tent, 24) as on_base,
+    ):
         wait_until(lambda: on_adapter.done >= 2 and on_base.done >= 2, 60, "streams")
         # A retrained version of ADAPTER, in place of the old one.
         digest = sha256(retrained)
