@@ -31,5 +31,8 @@ class Images:
 class OperatorConfig:
     images: Images = field(default_factory=Images)
     metrics_port: int = field(default_factory=lambda: int(_env("PHIOPS_METRICS_PORT", "8080")))
-    # Concurrent handler runs; bounded so a burst of resources cannot starve the API server.
+    # Concurrent reconciles; bounded so a burst of resources cannot starve the API server.
     worker_limit: int = field(default_factory=lambda: int(_env("PHIOPS_WORKER_LIMIT", "20")))
+    # The client's own limit on requests to the API server (client-go's QPS and burst).
+    api_qps: float = field(default_factory=lambda: float(_env("PHIOPS_API_QPS", "100")))
+    api_burst: int = field(default_factory=lambda: int(_env("PHIOPS_API_BURST", "200")))

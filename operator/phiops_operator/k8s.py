@@ -15,6 +15,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from phiops_operator.child_cache import ChildCache
+from phiops_operator.rate_limit import TokenBucket
+
 FIELD_MANAGER = "phiops-operator"
 
 # (apiVersion, kind) -> plural, for every kind the operator creates or reads.
@@ -54,20 +57,23 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
 
 
 class Kube:
-    """An async API client created once at start-up and shared by all handlers."""
+    """An async API client created once at start-up and shared by all handlers; at most
+    `qps` requests a second (bursts of `burst`), like client-go's client-side limiter."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, qps: float = 0, burst: int = 1) -> None:
         self.api = api
+        self.children = ChildCache()
+        self.limiter = TokenBucket(qps, burst) if qps > 0 else None
 
     @classmethod
-    async def connect(cls) -> Kube:
+    async def connect(cls, qps: float = 0, burst: int = 1) -> Kube:
         try:
             config.load_incluster_config()
         except config.ConfigException:
             # Read KUBECONFIG now: the library captures it once, at import time.
             path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
             await config.load_kube_config(config_file=path)
-        return cls(client.ApiClient())
+        return cls(client.ApiClient(), qps, burst)
 
     async def close(self) -> None:
         await self.api.close()
@@ -83,6 +89,8 @@ class Kube:
     ) -> Any:
         delay = 0.5
         for attempt in range(1, attempts + 1):
+            if self.limiter is not None:
+                await self.limiter.take()
             try:
                 return await self.api.call_api(
                     path,
@@ -102,8 +110,12 @@ class Kube:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply `manifest` as `phiops-operator`, taking ownership of its fields."""
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply `manifest` as `phiops-operator`, taking ownership of its fields;
+        the object the API server answers, or None when nothing was sent because the child
+        stands exactly as this manifest was last applied (see `child_cache`)."""
+        if self.children.unchanged(manifest):
+            return None
         meta = manifest["metadata"]
         path = object_path(
             manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
@@ -121,6 +133,22 @@ class Kube:
                 raise KubeError(
                     f"applying {manifest['kind']} {meta['name']}: {err.reason}"
                 ) from err
+            raise
+        self.children.applied(manifest, result)
+        return result
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge patch of the status subresource (None values remove fields)."""
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        try:
+            result: dict[str, Any] = await self._call(
+                "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+            )
+        except ApiException as err:
+            if err.status in RETRYABLE:
+                raise KubeError(f"writing the status of {kind} {name}: {err.reason}") from err
             raise
         return result
 

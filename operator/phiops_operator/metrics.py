@@ -21,6 +21,11 @@ RECONCILE_DURATION = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+QUEUE_DEPTH = Gauge(
+    "phiops_reconcile_queue_depth",
+    "Resources waiting for a reconcile (each is queued at most once).",
+)
+
 
 class ReconcileOutcome:
     """Set `result` inside the block; it is recorded when the block ends."""

@@ -1,30 +1,41 @@
 """The shape every reconcile shares: parse -> (build, apply, observe) -> status.
 
-Handlers stay thin glue around `reconcile`; what differs per kind is one `Step`: given the
-parsed spec it applies children, observes them and returns conditions and status fields
-(through the pure functions in `builders.<kind>` and `status.<kind>`).
+Handlers stay thin glue: what differs per kind is one `Step`: given the parsed spec it applies
+children, observes them and returns conditions and status fields (through the pure functions
+in `builders.<kind>` and `status.<kind>`). A reconcile runs when something it depends on
+changed (see `controller`), never on a fixed period; one that finds nothing changed writes
+nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
 from pydantic import BaseModel, ValidationError
 
 from phiops_operator import GROUP, VERSION, conditions, metrics
 from phiops_operator.config import OperatorConfig
 from phiops_operator.errors import describe
-from phiops_operator.k8s import Kube, KubeError
+from phiops_operator.k8s import Kube
 from phiops_operator.metrics import observe_reconcile
 from phiops_operator.models.kinds import Kind
 from phiops_operator.status.common import ACCEPTED, invalid_spec
 
-RETRY_DELAY_SECONDS = 15
 StatusUpdate = tuple[Sequence[conditions.Observation], dict[str, Any]]
+InputRef = tuple[str, str]  # (kind, name) in the resource's namespace
+
+
+@dataclass
+class Hints:
+    """What a step tells the loop besides status: when it wants to run again although
+    nothing it watches may change (an interval, a server that is polled)."""
+
+    after: float | None = None
+
+    def again_in(self, seconds: float) -> None:
+        self.after = seconds if self.after is None else min(self.after, seconds)
 
 
 @dataclass(frozen=True)
@@ -34,8 +45,9 @@ class Context:
     kube: Kube
     config: OperatorConfig
     parent: dict[str, Any]
-    memo: kopf.Memo
+    memo: Any
     logger: Any
+    hints: Hints = field(default_factory=Hints)
 
     @property
     def namespace(self) -> str:
@@ -47,112 +59,126 @@ class Context:
 
 
 Step = Callable[[Context, Any], Awaitable[StatusUpdate]]
+Inputs = Callable[[Any], set[InputRef]]
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: Kind
+    step: Step
+    inputs: Inputs
+
+
+REGISTRY: dict[str, Registration] = {}
+
+
+def register(kind: Kind, step: Step, inputs: Inputs = lambda spec: set()) -> None:
+    """`step` reconciles `kind`; `inputs(spec)` names the objects (ConfigMaps, claims, other
+    phiops resources) whose changes it must see."""
+    REGISTRY[kind.plural] = Registration(kind, step, inputs)
 
 
 def parse_spec(kind: Kind, spec: Mapping[str, Any]) -> BaseModel:
     return kind.spec.model_validate(dict(spec))
 
 
-def plain_parent(body: kopf.Body) -> dict[str, Any]:
+def plain_parent(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body["apiVersion"],
         "kind": body["kind"],
-        "metadata": dict(body.metadata),
-        "spec": dict(body.spec),
+        "metadata": dict(body["metadata"]),
+        "spec": dict(body.get("spec") or {}),
     }
 
 
-def known_invalid(body: kopf.Body) -> bool:
-    """This generation was already found invalid: periodic work has nothing to do."""
-    accepted = conditions.find(body.status.get("conditions"), ACCEPTED)
+def known_invalid(body: Mapping[str, Any]) -> bool:
+    """This generation was already found invalid: nothing to do until the spec changes."""
+    status = body.get("status") or {}
+    accepted = conditions.find(status.get("conditions"), ACCEPTED)
     return bool(
         accepted
         and accepted.get("status") == "False"
-        and accepted.get("observedGeneration") == body.meta.get("generation")
+        and accepted.get("observedGeneration") == body["metadata"].get("generation")
     )
 
 
+def merged(status: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` after a JSON merge patch (RFC 7386) of `patch`."""
+    result = dict(status)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def status_patch(
+    body: Mapping[str, Any],
+    observed: Sequence[conditions.Observation],
+    fields: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """The merge patch that brings `body`'s status to what was observed; None when it
+    already says exactly that (then nothing is written)."""
+    generation = int(body["metadata"].get("generation") or 0)
+    previous = dict(body.get("status") or {})
+    patch = {
+        **fields,
+        "conditions": conditions.merge(previous.get("conditions"), observed, generation),
+        "observedGeneration": generation,
+    }
+    return None if merged(previous, patch) == previous else patch
+
+
 async def reconcile(
-    kind: Kind,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
+    registration: Registration,
+    body: Mapping[str, Any],
+    kube: Kube,
+    config: OperatorConfig,
+    memo: Any,
     logger: Any,
-    step: Step,
-) -> None:
-    generation = int(body.meta.get("generation") or 0)
-    previous = body.status.get("conditions")
-
-    def write(observed: Sequence[conditions.Observation], fields: Mapping[str, Any]) -> None:
-        for key, value in fields.items():
-            patch.status[key] = value
-        patch.status["conditions"] = conditions.merge(previous, observed, generation)
-        patch.status["observedGeneration"] = generation
-        ready = next((o for o in observed if o.type == conditions.READY), None)
-        if ready is not None:
-            metrics.RESOURCE_READY.labels(kind.kind, body.meta["namespace"], body.meta["name"]).set(
-                1 if ready.status == "True" else 0
-            )
-
-    # A timer and a change handler may fire together for one object; run one at a time.
-    lock: asyncio.Lock = memo.setdefault("reconcile_lock", asyncio.Lock())
-    async with lock:
-        with observe_reconcile(kind.kind) as outcome:
-            try:
-                spec = parse_spec(kind, body.spec)
-            except ValidationError as err:
-                message = describe(err)
-                write(invalid_spec(message), {})
-                outcome.result = "invalid"
-                raise kopf.PermanentError(f"InvalidSpec: {message}") from None
-            context = Context(
-                kube=memo["kube"],
-                config=memo["config"],
-                parent=plain_parent(body),
-                memo=memo,
-                logger=logger,
-            )
-            try:
-                observed, fields = await step(context, spec)
-            except KubeError as err:
-                outcome.result = "retry"
-                raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
-            write(observed, fields)
-            outcome.result = "success"
+) -> tuple[dict[str, Any] | None, float | None]:
+    """One reconcile of `body`: (the object after our status write, or None if nothing was
+    written; seconds until it wants to run again, or None). API trouble raises, and the
+    caller retries with back-off."""
+    kind = registration.kind
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp") or known_invalid(body):
+        return None, None
+    with observe_reconcile(kind.kind) as outcome:
+        try:
+            spec = parse_spec(kind, body.get("spec") or {})
+        except ValidationError as err:
+            message = describe(err)
+            logger.error(f"InvalidSpec: {message}")
+            outcome.result = "invalid"
+            return await _write(kube, kind, body, invalid_spec(message), {}), None
+        context = Context(kube, config, plain_parent(body), memo, logger)
+        outcome.result = "retry"  # until the step and the write are through
+        observed, fields = await registration.step(context, spec)
+        written = await _write(kube, kind, body, observed, fields)
+        outcome.result = "success"
+    ready = next((o for o in observed if o.type == conditions.READY), None)
+    if ready is not None:
+        metrics.RESOURCE_READY.labels(kind.kind, meta["namespace"], meta["name"]).set(
+            1 if ready.status == "True" else 0
+        )
+    return written, context.hints.after
 
 
-def register(
+async def _write(
+    kube: Kube,
     kind: Kind,
-    step: Step,
-    timer_seconds: float | None = None,
-    settled: Callable[[kopf.Body], bool] = lambda body: False,
-) -> None:
-    """Run `step` for `kind` on create, update and resume, and, with `timer_seconds`, on a
-    timer too (children finish, intervals pass) unless the spec is known invalid or the
-    resource has `settled` (nothing left to watch until its spec changes)."""
-    plural = kind.plural
-
-    async def on_change(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-    ) -> None:
-        await reconcile(kind, body, patch, memo, logger, step)
-
-    for decorate in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        decorate(GROUP, VERSION, plural, id=f"reconcile_{kind.module}")(on_change)
-    if timer_seconds is None:
-        return
-
-    async def on_timer(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any
-    ) -> None:
-        if not known_invalid(body) and not settled(body):
-            await reconcile(kind, body, patch, memo, logger, step)
-
-    kopf.timer(
-        GROUP,
-        VERSION,
-        plural,
-        id=f"watch_{kind.module}",
-        interval=timer_seconds,
-        initial_delay=timer_seconds,
-    )(on_timer)
+    body: Mapping[str, Any],
+    observed: Sequence[conditions.Observation],
+    fields: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    patch = status_patch(body, observed, fields)
+    if patch is None:
+        return None
+    meta = body["metadata"]
+    return await kube.patch_status(
+        f"{GROUP}/{VERSION}", kind.kind, meta["namespace"], meta["name"], patch
+    )

@@ -1,5 +1,6 @@
-"""Kopf glue for FineTuneJob: inputs -> pre-flight Job -> training attempts -> status, on
-change and on a timer (progress, pods finishing)."""
+"""Kopf glue for FineTuneJob: inputs -> pre-flight Job -> training attempts -> status. Runs
+when the resource, its children (Jobs finishing, the progress ConfigMap) or its inputs
+(dataset ConfigMap, claims) change."""
 
 from __future__ import annotations
 
@@ -22,11 +23,9 @@ from phiops_operator.builders import fine_tune_job as builder
 from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import FINE_TUNE_JOB
 from phiops_operator.observe import job_outcome, job_state, job_times
-from phiops_operator.reconcile import Context, StatusUpdate, register
+from phiops_operator.reconcile import Context, InputRef, StatusUpdate, register
 from phiops_operator.status import fine_tune_job as status
 from phiops_operator.units import parse_quantity, parse_time
-
-TIMER_SECONDS = 5
 
 
 async def _missing_inputs(context: Context, spec: FineTuneJobSpec) -> list[str]:
@@ -165,12 +164,18 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
     return observed, fields
 
 
-def _settled(body: kopf.Body) -> bool:
-    """A finished job only changes again on a spec change (handled on update)."""
-    return body.status.get("phase") in ("Succeeded", "Failed")
+def inputs(spec: FineTuneJobSpec) -> set[InputRef]:
+    """The dataset ConfigMap and the claims a FineTuneJob reads or writes."""
+    refs: set[InputRef] = set()
+    if spec.dataset.config_map is not None:
+        refs.add(("ConfigMap", spec.dataset.config_map.name))
+    for ref in (spec.dataset.pvc, spec.base_model.pvc, spec.output.pvc):
+        if ref is not None:
+            refs.add(("PersistentVolumeClaim", ref.claim_name))
+    return refs
 
 
-register(FINE_TUNE_JOB, step, timer_seconds=TIMER_SECONDS, settled=_settled)
+register(FINE_TUNE_JOB, step, inputs)
 
 
 @kopf.on.delete(GROUP, VERSION, FINE_TUNE_JOB.plural, optional=True)

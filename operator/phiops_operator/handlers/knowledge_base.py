@@ -1,5 +1,7 @@
-"""Kopf glue for KnowledgeBase: store -> sources -> sync Jobs -> status, on change and on a
-timer (Jobs finish, intervals pass, the store comes up)."""
+"""Kopf glue for KnowledgeBase: store -> sources -> sync Jobs -> status. Runs when the
+resource, its children (Jobs finishing, the store coming up) or its source ConfigMaps and
+claims change, when its sync interval comes round, and while an external Milvus is not
+answering."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
 from phiops_operator.observe import job_outcome, job_state, job_times
 from phiops_operator.reconcile import (
     Context,
+    InputRef,
     StatusUpdate,
     plain_parent,
     register,
@@ -27,7 +30,8 @@ from phiops_operator.status import knowledge_base as status
 from phiops_operator.units import parse_duration, parse_time
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
-TIMER_SECONDS = 5
+# An external Milvus that does not answer is tried again this often.
+EXTERNAL_RETRY_SECONDS = 5
 CONNECT_TIMEOUT_SECONDS = 3
 
 
@@ -65,7 +69,8 @@ async def _external_store_unreachable(uri: str) -> str | None:
         )
     except (OSError, TimeoutError) as err:
         reason = str(err) or "timed out"
-        return f"cannot connect to Milvus at {uri}: {reason}; retrying every {TIMER_SECONDS}s"
+        retry = f"retrying every {EXTERNAL_RETRY_SECONDS}s"
+        return f"cannot connect to Milvus at {uri}: {reason}; {retry}"
     writer.close()
     return None
 
@@ -90,7 +95,9 @@ def _trigger(context: Context, spec: KnowledgeBaseSpec, versions: dict[str, str]
     }
     if spec.sync.interval:
         age = time.time() - parse_time(meta["creationTimestamp"])
-        trigger["tick"] = int(age // parse_duration(spec.sync.interval))
+        period = parse_duration(spec.sync.interval)
+        trigger["tick"] = int(age // period)
+        context.hints.again_in(period - age % period + 0.5)  # just past the next tick
     return trigger
 
 
@@ -172,6 +179,8 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     unreachable = None
     if spec.vector_store.milvus.uri is not None:
         unreachable = await _external_store_unreachable(uri)
+        if unreachable is not None:
+            context.hints.again_in(EXTERNAL_RETRY_SECONDS)
 
     plan = builder.plan_sync(context.parent, spec, _trigger(context, spec, versions))
     syncs = await _observe_syncs(context)
@@ -211,7 +220,18 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     return observed, fields
 
 
-register(KNOWLEDGE_BASE, step, timer_seconds=TIMER_SECONDS)
+def inputs(spec: KnowledgeBaseSpec) -> set[InputRef]:
+    """The source ConfigMaps and claims a KnowledgeBase reads."""
+    refs: set[InputRef] = set()
+    for source in spec.sources:
+        if source.config_map is not None:
+            refs.add(("ConfigMap", source.config_map.name))
+        elif source.persistent_volume_claim is not None:
+            refs.add(("PersistentVolumeClaim", source.persistent_volume_claim.claim_name))
+    return refs
+
+
+register(KNOWLEDGE_BASE, step, inputs)
 
 
 @kopf.on.delete(GROUP, VERSION, KNOWLEDGE_BASE.plural)

@@ -1,6 +1,7 @@
 """Kopf glue for PhiDeployment: resolve adapters and knowledge base -> config, Deployment,
-Service -> adapters loaded into the running pods -> status, on change and on a timer (a
-FineTuneJob succeeding, pods turning ready)."""
+Service -> adapters loaded into the running pods -> status. Runs when the resource, its
+children (pods turning ready), a FineTuneJob or KnowledgeBase it uses, or a claim it mounts
+change; and every few seconds while a pod has not loaded an adapter yet."""
 
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import PHI_DEPLOYMENT
 from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
 from phiops_operator.models.phi_deployment import Adapter, PhiDeploymentSpec
-from phiops_operator.reconcile import Context, StatusUpdate, register
+from phiops_operator.reconcile import Context, InputRef, StatusUpdate, register
 from phiops_operator.status import phi_deployment as status
 from phiops_operator.status.phi_deployment import Dependency
 
-TIMER_SECONDS = 5
+# While a serving pod has not loaded an adapter it should serve, it is asked again this often.
+ADAPTER_POLL_SECONDS = 5.0
 SERVED_ANNOTATION = "phiops.dev/served-inputs"
 # A load or unload asked of a pod is not asked of it again sooner (whatever came of it).
 REQUEST_SPACING_SECONDS = 60.0
@@ -385,13 +387,16 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         children = builder.build(context.parent, spec, context.config, inputs)
         children[1]["metadata"]["annotations"] = {SERVED_ANNOTATION: _encode(inputs)}
         applied = [await kube.apply(child) for child in children]
-        if _config_hash(applied[1]) != _config_hash(existing):
+        # Nothing sent for an unchanged Deployment: the one read above is current.
+        deployment = applied[1] or existing
+        assert deployment is not None
+        if _config_hash(deployment) != _config_hash(existing):
             context.logger.info("rolling out a new engine configuration")
-        elif (claims := _mounted_claims(applied[1])) != _mounted_claims(existing):
+        elif (claims := _mounted_claims(deployment)) != _mounted_claims(existing):
             context.logger.info(f"rolling out to mount the claims {', '.join(claims)}")
         pods = await _pods(context)
-        rollout = _rollout(applied[1], pods)
-        reports = await _sync_adapters(context, serve, applied[1], pods)
+        rollout = _rollout(deployment, pods)
+        reports = await _sync_adapters(context, serve, deployment, pods)
         wanted = {a.name: a for a in serve.adapters}
         views = [
             replace(v, state=adapter_sync.observe(wanted[v.name], reports))
@@ -399,6 +404,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
             else v
             for v in views
         ]
+        _poll_while_loading(context, [v.state for v in views if v.state is not None])
     observation = status.DeploymentObservation(
         selector=builder.selector_string(name),
         endpoint=builder.endpoint(context.parent, spec),
@@ -414,7 +420,32 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
     return observed, fields
 
 
-register(PHI_DEPLOYMENT, step, timer_seconds=TIMER_SECONDS)
+def _poll_while_loading(context: Context, states: list[adapter_sync.AdapterState]) -> None:
+    """Ready pods that have not loaded an adapter are asked again: soon while loads may be
+    under way, after the request spacing once every one of them failed."""
+    pending = [s for s in states if s.loaded_replicas < s.ready_replicas]
+    if pending:
+        failed = all(s.error for s in pending)
+        context.hints.again_in(REQUEST_SPACING_SECONDS if failed else ADAPTER_POLL_SECONDS)
+
+
+def inputs(spec: PhiDeploymentSpec) -> set[InputRef]:
+    """What a PhiDeployment reads besides its children: FineTuneJobs and claims of its
+    adapters, its KnowledgeBase, its model's claim."""
+    refs: set[InputRef] = set()
+    for adapter in spec.adapters or []:
+        if adapter.fine_tune_job_ref is not None:
+            refs.add(("FineTuneJob", adapter.fine_tune_job_ref.name))
+        elif adapter.pvc is not None:
+            refs.add(("PersistentVolumeClaim", adapter.pvc.claim_name))
+    if spec.knowledge_base_ref is not None:
+        refs.add(("KnowledgeBase", spec.knowledge_base_ref.name))
+    if spec.model.pvc is not None:
+        refs.add(("PersistentVolumeClaim", spec.model.pvc.claim_name))
+    return refs
+
+
+register(PHI_DEPLOYMENT, step, inputs)
 
 
 @kopf.on.delete(GROUP, VERSION, PHI_DEPLOYMENT.plural, optional=True)

@@ -9,11 +9,23 @@ import kopf
 
 from phiops_operator import GROUP, metrics
 from phiops_operator.config import OperatorConfig
+from phiops_operator.controller import Controller
 from phiops_operator.k8s import Kube
 
 # Identity strings: chosen once, never changed (resources in the field carry them).
 FINALIZER = f"{GROUP}/cleanup"
 STORAGE_PREFIX = GROUP
+
+
+class QuietEventHandlers(logging.Filter):
+    """Kopf logs every event handler's success; for these, that is every watch event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith(("Handler 'watch_", "Handler 'children_", "Handler 'inputs_"))
+            and message.endswith("succeeded.")
+        )
 
 
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -24,7 +36,11 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     )
     # Events for what a user should see in `kubectl describe`, not debug chatter.
     settings.posting.level = logging.INFO
-    settings.queueing.worker_limit = config.worker_limit
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, QuietEventHandlers) for f in objects.filters):
+        objects.addFilter(QuietEventHandlers())
+    # Kopf's workers only hand events to the controller's queue (whose own workers, as many
+    # as `worker_limit`, reconcile), so they need no limit of their own.
 
 
 @kopf.on.startup()
@@ -32,12 +48,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     config = OperatorConfig()
     configure(settings, config)
     memo["config"] = config
-    memo["kube"] = await Kube.connect()
+    memo["kube"] = await Kube.connect(config.api_qps, config.api_burst)
+    controller = Controller(memo["kube"], config, memo, settings)
+    controller.start()
+    memo["controller"] = controller
     metrics.serve(config.metrics_port)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()

@@ -1,0 +1,184 @@
+"""Event-driven reconciles: watch events in, one work queue, reconciles out.
+
+What the operator keeps in memory: the latest body of every phiops resource (from its watch),
+which inputs each one references, and a queue of resources to reconcile. A resource is
+reconciled when
+- its spec, labels or annotations change (not when only its status does: that is us);
+- one of its children changes (any object carrying our managed-by label and its name);
+- an input it references changes: a ConfigMap or claim, or a FineTuneJob or KnowledgeBase a
+  PhiDeployment uses (their status included);
+- a deadline its last reconcile asked for passes (a sync interval, a pod being polled), or
+  the back-off after a failure ends, or the API server is heard from again after one.
+Nothing runs on a fixed period, so idle resources cost the API server nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any, cast
+
+import kopf
+
+from phiops_operator import metrics
+from phiops_operator.config import OperatorConfig
+from phiops_operator.k8s import Kube
+from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
+from phiops_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # plural, namespace, name
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+def _version(body: Mapping[str, Any]) -> int:
+    text = str(body["metadata"].get("resourceVersion") or "0")
+    return int(text) if text.isdigit() else 0
+
+
+def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a user changes (a change of anything else, such as status, is not a reason to
+    reconcile the resource itself)."""
+    meta = body["metadata"]
+    return (
+        body.get("spec"),
+        meta.get("generation"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("deletionTimestamp"),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A plain, detached copy of an event's body (Kopf hands out views)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: OperatorConfig, memo: Any, settings: Any = None) -> None:
+        self.kube, self.config, self.memo, self.settings = kube, config, memo, settings
+        self.queue = WorkQueue(self._handle, workers=config.worker_limit)
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.memos: dict[Key, dict[str, Any]] = {}
+        self.loggers: dict[Key, Any] = {}
+        self._inputs: dict[Key, set[tuple[str, str, str]]] = {}
+        self._users: dict[tuple[str, str, str], set[Key]] = {}
+        self._plurals = {reg.kind.kind.lower(): plural for plural, reg in REGISTRY.items()}
+        self._kinds = {reg.kind.kind: plural for plural, reg in REGISTRY.items()}
+
+    def start(self) -> None:
+        self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+
+    # -- events in ---------------------------------------------------------------------------
+
+    def resource_event(self, plural: str, body: Mapping[str, Any], kind: str | None) -> None:
+        """A phiops resource was listed, added, modified or deleted."""
+        self.queue.retry_failed_now()
+        meta = body["metadata"]
+        key: Key = (plural, meta["namespace"], meta["name"])
+        # Whoever uses this resource (a PhiDeployment, its FineTuneJob) reads its status.
+        self._touch(REGISTRY[plural].kind.kind, meta["namespace"], meta["name"])
+        if kind == "DELETED":
+            self._drop(key)
+            return
+        previous = self.bodies.get(key)
+        if previous is not None and _version(body) < _version(previous):
+            return  # older than what our own status write already told us
+        current: dict[str, Any] = _plain(body)
+        self.bodies[key] = current
+        if key not in self.loggers and self.settings is not None:
+            # Posts what a reconcile logs at INFO and above as the resource's Events.
+            self.loggers[key] = kopf.ObjectLogger(
+                body=kopf.Body(cast(Any, current)), settings=self.settings
+            )
+        self._index(key, current)
+        if previous is None or _desired(previous) != _desired(current):
+            self.queue.add(key)
+
+    def child_event(self, body: Mapping[str, Any], kind: str | None) -> None:
+        """An object we made (it carries our managed-by label) changed."""
+        self.queue.retry_failed_now()
+        meta = body["metadata"]
+        identity = {
+            "apiVersion": body["apiVersion"],
+            "kind": body["kind"],
+            "metadata": {
+                field: meta.get(field)
+                for field in ("namespace", "name", "resourceVersion", "generation")
+            },
+        }
+        self.kube.children.observed(identity, deleted=kind == "DELETED")
+        labels = meta.get("labels") or {}
+        plural = self._plurals.get(labels.get(NAME_LABEL, ""))
+        if plural is not None and labels.get(INSTANCE_LABEL):
+            key = (plural, meta["namespace"], labels[INSTANCE_LABEL])
+            if key in self.bodies:
+                self.queue.add(key)
+
+    def input_event(self, kind: str, body: Mapping[str, Any]) -> None:
+        """A ConfigMap or claim changed: reconcile whoever references it."""
+        self.queue.retry_failed_now()
+        meta = body["metadata"]
+        self._touch(kind, meta["namespace"], meta["name"])
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _touch(self, kind: str, namespace: str, name: str) -> None:
+        for user in self._users.get((kind, namespace, name), ()):
+            self.queue.add(user)
+
+    def _index(self, key: Key, body: dict[str, Any]) -> None:
+        registration = REGISTRY[key[0]]
+        try:
+            spec = registration.kind.spec.model_validate(body.get("spec") or {})
+            refs: set[InputRef] = registration.inputs(spec)
+        except Exception:  # an invalid spec references nothing the operator will read
+            refs = set()
+        wanted = {(kind, key[1], name) for kind, name in refs}
+        for gone in self._inputs.get(key, set()) - wanted:
+            self._users.get(gone, set()).discard(key)
+        for ref in wanted:
+            self._users.setdefault(ref, set()).add(key)
+        self._inputs[key] = wanted
+
+    def _drop(self, key: Key) -> None:
+        self.queue.forget(key)
+        self.bodies.pop(key, None)
+        self.memos.pop(key, None)
+        self.loggers.pop(key, None)
+        for ref in self._inputs.pop(key, set()):
+            users = self._users.get(ref)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._users[ref]
+
+    # -- reconciles out ----------------------------------------------------------------------
+
+    async def _handle(self, key: Hashable) -> float | None:
+        assert isinstance(key, tuple)
+        body = self.bodies.get(key)
+        if body is None:
+            return None
+        memo = self.memos.setdefault(key, {})
+        for shared in ("kube", "config"):
+            memo.setdefault(shared, self.memo[shared])
+        logger = self.loggers.get(key) or log
+        registration: Registration = REGISTRY[key[0]]
+        written, after = await reconcile(registration, body, self.kube, self.config, memo, logger)
+        # Our write is the newest we know of the resource (its own event comes later).
+        known = self.bodies.get(key)
+        if written is not None and known is not None and _version(written) >= _version(known):
+            self.bodies[key] = written
+        metrics.QUEUE_DEPTH.set(self.queue.depth)
+        return after
