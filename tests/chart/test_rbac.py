@@ -87,7 +87,16 @@ def operator_needs() -> set[Grant]:
         for kind in BUILT_KIND.findall(path.read_text()):
             group, plural = _resource("", kind)
             needs |= {(group, plural, "create"), (group, plural, "patch")}
-    return needs
+    return needs | watched()
+
+
+def watched() -> set[Grant]:
+    """The children and inputs the operator watches (Kopf lists, then watches)."""
+    from phiops_operator.handlers import watch
+
+    kinds = [(group, plural) for group, _, plural in watch.CHILD_KINDS]
+    kinds += [("", plural) for plural, _ in watch.INPUT_KINDS]
+    return {(group, plural, verb) for group, plural in kinds for verb in ("list", "watch")}
 
 
 def grants(rules: list[dict[str, Any]]) -> set[Grant]:

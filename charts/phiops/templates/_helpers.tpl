@@ -122,35 +122,37 @@ Children are applied server-side (create + patch), observed (get, list) and prun
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Every kind below is also watched ("list", "watch"): reconciles run when children and
+# inputs change, not on a timer.
 # Workload configuration, sync plans, training progress; datasets and documents are read;
 # the ConfigMaps of superseded syncs are deleted.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Output and store claims; input claims are checked for existence.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Termination messages of workload pods; the pods of a PhiDeployment's server.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # Store and server Services; the trainer's identity, which may patch exactly its progress
 # ConfigMap (the operator holds that permission itself, so it may grant it).
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 # The embedded vector store and the inference servers.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Embedding, pre-flight and training Jobs; Jobs of superseded syncs are deleted.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{/* Cluster-scoped reads Kopf needs in every mode: it follows the CRDs it serves, and, when it
