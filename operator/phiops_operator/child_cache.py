@@ -54,21 +54,25 @@ class ChildCache:
             manifest_hash(manifest), meta.get("generation"), _version(result)
         )
 
-    def observed(self, obj: dict[str, Any], deleted: bool = False) -> None:
-        """A watch event for a child."""
+    def observed(self, obj: dict[str, Any], deleted: bool = False) -> bool:
+        """A watch event for a child; False when it only echoes our own latest apply (or is
+        older than it): its parent learns nothing from it."""
         key = child_key(obj)
         if deleted:
             self._entries.pop(key, None)
-            return
+            return True
         entry = self._entries.get(key)
-        if entry is None or _version(obj) < entry.version:
-            return  # never applied by this process, or an event older than our apply
-        newer, entry.version = _version(obj) > entry.version, _version(obj)
+        if entry is None:
+            return True  # not applied by this process (a pod, a Job's status, a restart)
+        if _version(obj) <= entry.version:
+            return False
+        newer, entry.version = True, _version(obj)
         generation = obj["metadata"].get("generation")
         # Edited by someone else: apply again next time. Kinds without a generation
         # (ConfigMaps, Services, claims) count any newer version as an edit.
         if generation != entry.generation or (generation is None and newer):
             entry.applied_hash = None
+        return True
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -8,27 +8,38 @@ reconciled when
 - an input it references changes: a ConfigMap or claim, or a FineTuneJob or KnowledgeBase a
   PhiDeployment uses (their status included);
 - a deadline its last reconcile asked for passes (a sync interval, a pod being polled), or
-  the back-off after a failure ends, or the API server is heard from again after one.
-Nothing runs on a fixed period, so idle resources cost the API server nothing.
+  the back-off after a failure ends, or the API server is heard from again after one;
+- and, as a safety net against an event lost on the way, `resync_seconds` (10 minutes)
+  after its last reconcile, like controller-runtime's sync period.
+Nothing else runs periodically, so idle resources cost the API server next to nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Hashable, Mapping
 from typing import Any, cast
 
+import aiohttp
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from phiops_operator import metrics
 from phiops_operator.config import OperatorConfig
-from phiops_operator.k8s import Kube
+from phiops_operator.k8s import Kube, KubeError
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
 from phiops_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # plural, namespace, name
+PROBE_SECONDS = 1.0
+# Children change in flurries (a Job, its pod, their statuses): one reconcile for a flurry.
+CHILD_DEBOUNCE_SECONDS = 0.5
+# API trouble a later retry may fix (the API server away, overloaded, or a conflict).
+TRANSIENT = (KubeError, ApiException, aiohttp.ClientError, TimeoutError, OSError)
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -64,7 +75,7 @@ def _plain(value: Any) -> Any:
 class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig, memo: Any, settings: Any = None) -> None:
         self.kube, self.config, self.memo, self.settings = kube, config, memo, settings
-        self.queue = WorkQueue(self._handle, workers=config.worker_limit)
+        self.queue = WorkQueue(self._handle, config.worker_limit, transient=TRANSIENT)
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.memos: dict[Key, dict[str, Any]] = {}
         self.loggers: dict[Key, Any] = {}
@@ -75,9 +86,22 @@ class Controller:
 
     def start(self) -> None:
         self.queue.start()
+        self._prober = asyncio.create_task(self._probe_while_failing())
 
     async def stop(self) -> None:
+        self._prober.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._prober
         await self.queue.stop()
+
+    async def _probe_while_failing(self) -> None:
+        """While reconciles fail, ask the API server every second whether it is back, and
+        retry them all as soon as it is (their back-off may be a minute by then; a watch
+        that resumes brings no event when nothing changed)."""
+        while True:
+            await asyncio.sleep(PROBE_SECONDS)
+            if self.queue.failing and await self.kube.reachable():
+                self.queue.retry_failed_now()
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -117,13 +141,14 @@ class Controller:
                 for field in ("namespace", "name", "resourceVersion", "generation")
             },
         }
-        self.kube.children.observed(identity, deleted=kind == "DELETED")
+        if not self.kube.children.observed(identity, deleted=kind == "DELETED"):
+            return  # the echo of our own apply
         labels = meta.get("labels") or {}
         plural = self._plurals.get(labels.get(NAME_LABEL, ""))
         if plural is not None and labels.get(INSTANCE_LABEL):
             key = (plural, meta["namespace"], labels[INSTANCE_LABEL])
             if key in self.bodies:
-                self.queue.add(key)
+                self.queue.add(key, CHILD_DEBOUNCE_SECONDS)
 
     def input_event(self, kind: str, body: Mapping[str, Any]) -> None:
         """A ConfigMap or claim changed: reconcile whoever references it."""
@@ -135,7 +160,7 @@ class Controller:
 
     def _touch(self, kind: str, namespace: str, name: str) -> None:
         for user in self._users.get((kind, namespace, name), ()):
-            self.queue.add(user)
+            self.queue.add(user, CHILD_DEBOUNCE_SECONDS)
 
     def _index(self, key: Key, body: dict[str, Any]) -> None:
         registration = REGISTRY[key[0]]
@@ -181,4 +206,7 @@ class Controller:
         if written is not None and known is not None and _version(written) >= _version(known):
             self.bodies[key] = written
         metrics.QUEUE_DEPTH.set(self.queue.depth)
+        resync = self.config.resync_seconds or None
+        if after is None or (resync is not None and resync < after):
+            return resync
         return after

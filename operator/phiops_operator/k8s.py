@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from phiops_operator import metrics
 from phiops_operator.child_cache import ChildCache
 from phiops_operator.rate_limit import TokenBucket
 
@@ -90,7 +91,9 @@ class Kube:
         delay = 0.5
         for attempt in range(1, attempts + 1):
             if self.limiter is not None:
-                await self.limiter.take()
+                waited = await self.limiter.take()
+                metrics.API_THROTTLED.inc(waited)
+            metrics.API_REQUESTS.labels(method).inc()
             try:
                 return await self.api.call_api(
                     path,
@@ -151,6 +154,22 @@ class Kube:
                 raise KubeError(f"writing the status of {kind} {name}: {err.reason}") from err
             raise
         return result
+
+    async def reachable(self) -> bool:
+        """The API server answers (its version endpoint; no retries, no rate limit)."""
+        try:
+            await self.api.call_api(
+                "/version",
+                "GET",
+                header_params={"Accept": "application/json"},
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _request_timeout=2,
+            )
+        except Exception:
+            return False
+        return True
 
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str

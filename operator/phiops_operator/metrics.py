@@ -21,6 +21,16 @@ RECONCILE_DURATION = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+API_REQUESTS = Counter(
+    "phiops_api_requests",
+    "Requests the operator's reconciles sent the API server, by HTTP method (Kopf's own "
+    "watches and finalizer patches are not counted).",
+    ["method"],
+)
+API_THROTTLED = Counter(
+    "phiops_api_client_throttled_seconds",
+    "Seconds reconciles waited for the client-side rate limit (apiClient.qps/burst).",
+)
 QUEUE_DEPTH = Gauge(
     "phiops_reconcile_queue_depth",
     "Resources waiting for a reconcile (each is queued at most once).",

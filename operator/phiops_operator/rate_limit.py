@@ -18,11 +18,15 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    async def take(self) -> None:
-        """Wait for a token; callers are served in turn, so a burst cannot starve anyone."""
+    async def take(self) -> float:
+        """Wait for a token (callers are served in turn, so a burst cannot starve anyone);
+        the seconds waited."""
+        waited = 0.0
         async with self._lock:
             self._refill()
             if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+                waited = (1 - self._tokens) / self.rate
+                await asyncio.sleep(waited)
                 self._refill()
             self._tokens -= 1
+        return waited

@@ -36,6 +36,7 @@ class WorkQueue:
     handle: Callable[[Hashable], Awaitable[float | None]]
     workers: int = 20
     debounce: float = 0.05  # lets a burst of events for one key become one run
+    transient: tuple[type[Exception], ...] = ()  # logged without a traceback
     _queue: asyncio.Queue[Hashable] = field(default_factory=asyncio.Queue)
     _queued: set[Hashable] = field(default_factory=set)
     _running: set[Hashable] = field(default_factory=set)
@@ -56,15 +57,17 @@ class WorkQueue:
             if state.timer is not None:
                 state.timer.cancel()
 
-    def add(self, key: Hashable) -> None:
-        """Run `key` soon (an earlier deadline or back-off for it is dropped)."""
+    def add(self, key: Hashable, debounce: float | None = None) -> None:
+        """Run `key` after `debounce` seconds (the queue's own by default), events meanwhile
+        included; an earlier deadline or back-off for it is dropped."""
         state = self._keys.setdefault(key, _KeyState())
         self._cancel_timer(state)
         if key in self._running:
             self._again.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            asyncio.get_running_loop().call_later(self.debounce, self._queue.put_nowait, key)
+            wait = self.debounce if debounce is None else debounce
+            asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, key)
 
     def add_after(self, key: Hashable, seconds: float) -> None:
         """Run `key` in `seconds` unless something runs it earlier; the earliest deadline wins."""
@@ -120,9 +123,12 @@ class WorkQueue:
                 after = await self.handle(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reconcile of %s failed; retrying with back-off", key)
+            except self.transient as err:
                 after = self._failed(key)
+                log.warning("reconcile of %s failed (%s); retrying in %.0fs", key, err, after)
+            except Exception:
+                after = self._failed(key)
+                log.exception("reconcile of %s failed; retrying in %.0fs", key, after)
             else:
                 if key in self._keys:
                     self._keys[key].failures = 0

@@ -62,3 +62,12 @@ def test_kinds_without_a_generation_count_any_newer_version_as_an_edit() -> None
     assert cache.unchanged(config)
     cache.observed(answer(config, 11, generation=None))
     assert not cache.unchanged(config)
+
+
+def test_the_echo_of_our_own_apply_tells_nothing_a_later_change_does() -> None:
+    cache = ChildCache()
+    cache.applied(manifest(), answer(manifest(), 10, generation=3))
+    assert not cache.observed(answer(manifest(), 10, generation=3))
+    assert cache.observed(answer(manifest(), 11, generation=3))
+    assert cache.observed(answer(manifest(), 12), deleted=True)
+    assert cache.observed(answer(manifest(), 1))  # never applied here: news

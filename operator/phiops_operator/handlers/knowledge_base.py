@@ -30,8 +30,11 @@ from phiops_operator.status import knowledge_base as status
 from phiops_operator.units import parse_duration, parse_time
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
-# An external Milvus that does not answer is tried again this often.
+# An external Milvus that does not answer is tried again after 5 s, then twice as long each
+# time it still does not, up to 5 minutes (a change of the resource tries at once).
 EXTERNAL_RETRY_SECONDS = 5
+EXTERNAL_RETRY_MAX_SECONDS = 300
+UNREACHABLE_MEMO = "unreachable_attempts"
 CONNECT_TIMEOUT_SECONDS = 3
 
 
@@ -69,7 +72,9 @@ async def _external_store_unreachable(uri: str) -> str | None:
         )
     except (OSError, TimeoutError) as err:
         reason = str(err) or "timed out"
-        retry = f"retrying every {EXTERNAL_RETRY_SECONDS}s"
+        retry = (
+            f"retrying with back-off ({EXTERNAL_RETRY_SECONDS}s to {EXTERNAL_RETRY_MAX_SECONDS}s)"
+        )
         return f"cannot connect to Milvus at {uri}: {reason}; {retry}"
     writer.close()
     return None
@@ -179,8 +184,11 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     unreachable = None
     if spec.vector_store.milvus.uri is not None:
         unreachable = await _external_store_unreachable(uri)
+        attempts = context.memo.get(UNREACHABLE_MEMO, 0) if unreachable else -1
+        context.memo[UNREACHABLE_MEMO] = attempts + 1
         if unreachable is not None:
-            context.hints.again_in(EXTERNAL_RETRY_SECONDS)
+            delay = EXTERNAL_RETRY_SECONDS * 2**attempts
+            context.hints.again_in(min(EXTERNAL_RETRY_MAX_SECONDS, delay))
 
     plan = builder.plan_sync(context.parent, spec, _trigger(context, spec, versions))
     syncs = await _observe_syncs(context)
