@@ -348,13 +348,17 @@ def test_an_empty_dir_over_tmp_hides_neither_the_image_nor_other_mount_sources(
 
 
 def test_pods_change_nothing_on_the_host_outside_the_state_folder(
-    kube: Kube, cluster: Cluster
+    kube: Kube, cluster: Cluster, tmp_path: Path
 ) -> None:
     # The mount sources are in the state folder (under /tmp in tests, as when the checkout is
     # cloned there), which the pod's own /tmp hides; its service-account token, its default
-    # termination file and a top-level mountPath need mount points the host does not have.
+    # termination file, a top-level mountPath, a file (subPath) in a folder /etc lacks and a
+    # mountPath inside a hostPath volume need mount points the host does not have.
     token = "/var/run/secrets/kubernetes.io/serviceaccount"
-    top = f"/phiops-node-runtime-test-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    top, etc = f"/phiops-node-runtime-test-{tag}", f"/etc/phiops-node-runtime-test-{tag}"
+    host_volume = tmp_path / "host-volume"
+    host_volume.mkdir()
     kube.create(
         f"/api/v1/namespaces/{NS}/configmaps",
         {"metadata": {"name": "host-check"}, "data": {"greeting": "hello"}},
@@ -364,6 +368,8 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
             "import pathlib, sys, time",
             f"print('token=' + pathlib.Path('{token}/token').read_text()[:3])",
             f"print('greeting=' + pathlib.Path('{top}/config/greeting').read_text())",
+            f"print('file=' + pathlib.Path('{etc}/greeting.txt').read_text())",
+            f"print('nested=' + pathlib.Path('{top}/host/nested/greeting').read_text())",
             "pathlib.Path('/dev/termination-log').write_text('left no trace')",
             "for _ in range(300):  # until the exec probe, in the container's root, saw it all",
             "    if pathlib.Path('/tmp/probed').exists():",
@@ -374,7 +380,16 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
     )
     probe = f"test -s {token}/token && test -s {top}/config/greeting && touch /tmp/probed"
     before = host_paths(
-        [f"{top}/config", token, "/dev/termination-log", "/tmp", "/etc/hosts", "/etc/resolv.conf"]
+        [
+            *(f"{top}/{sub}" for sub in ("config", "host/nested")),
+            f"{etc}/greeting.txt",
+            host_volume / "nested",
+            token,
+            "/dev/termination-log",
+            "/tmp",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ]
     )
     try:
         create_pod(
@@ -392,12 +407,20 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
                         volumeMounts=[
                             {"name": "tmp", "mountPath": "/tmp"},
                             {"name": "config", "mountPath": f"{top}/config"},
+                            {
+                                "name": "config",
+                                "mountPath": f"{etc}/greeting.txt",
+                                "subPath": "greeting",
+                            },
+                            {"name": "host", "mountPath": f"{top}/host"},
+                            {"name": "config", "mountPath": f"{top}/host/nested"},
                         ],
                     )
                 ],
                 "volumes": [
                     {"name": "tmp", "emptyDir": {}},
                     {"name": "config", "configMap": {"name": "host-check"}},
+                    {"name": "host", "hostPath": {"path": str(host_volume)}},
                 ],
             },
         )
@@ -407,9 +430,12 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
         assert token in mounted  # (added by the ServiceAccount admission)
         assert "token=eyJ" in log_text(cluster, pod)
         assert "greeting=hello" in log_text(cluster, pod)
+        assert "file=hello" in log_text(cluster, pod)
+        assert "nested=hello" in log_text(cluster, pod)
         assert container_status(pod)["state"]["terminated"]["message"] == "left no trace"
         # Nothing appeared or changed on the host at the mount targets or their parents.
         assert host_paths(before) == before
+        assert list(host_volume.iterdir()) == []
     finally:
         remove_created(before)
 
