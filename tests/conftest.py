@@ -13,18 +13,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.helpers import CRD_DIR
 
+if TYPE_CHECKING:
+    from phiops_devcluster.plane import ControlPlane
+
 
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: Path
     state_dir: Path
+    plane: ControlPlane | None = None  # for tests that stop and start its parts
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         proc = subprocess.run(
@@ -86,7 +90,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         plane.up()
         previous = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(config.kubeconfig)
-        yield Cluster(kubeconfig=config.kubeconfig, state_dir=config.state_dir)
+        yield Cluster(kubeconfig=config.kubeconfig, state_dir=config.state_dir, plane=plane)
     finally:
         if "previous" in locals():
             if previous is None:

@@ -29,6 +29,8 @@ pytestmark = [
     ),
 ]
 NS = "node-runtime-tests"
+SLEEP = "import time; time.sleep(600)"
+OUTAGE_SECONDS = 25
 T = TypeVar("T")
 Obj = dict[str, Any]
 
@@ -654,3 +656,55 @@ def test_other_images_are_simulated_running_and_ready(kube: Kube, cluster: Clust
     assert not pod_log_path(
         cluster.state_dir, NS, "milvus", pod["metadata"]["uid"], "main"
     ).exists()
+
+
+# Kept last: it stops the apiserver, and the pods of the tests above must not see that.
+def test_pods_are_ready_again_soon_after_an_apiserver_outage(kube: Kube, cluster: Cluster) -> None:
+    """After an outage the node lifecycle controller marks the pods NotReady; the runtime must
+    notice that the apiserver no longer holds its status and send it again (no restart)."""
+    plane = cluster.plane
+    assert plane is not None
+    create_pod(kube, "outlives-outage", {"containers": [python_container(SLEEP)]})
+
+    def ready() -> Obj | None:
+        pod = kube.get(pod_path("outlives-outage"))
+        statuses = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
+        return pod if statuses.get("Ready") == "True" else None
+
+    before = container_status(eventually(ready, what="the pod to be Ready"))
+    pid = int(before["containerID"].removeprefix("phiops://"))
+
+    plane.stop_apiserver()
+    try:
+        # Longer than the controller-manager's --node-monitor-grace-period (20 s): the node's
+        # lease goes stale while the runtime's requests fail.
+        time.sleep(OUTAGE_SECONDS)
+        # Held back from here until the controller has marked the pod: the order a slow
+        # reconnect gives, made certain (otherwise the first renewed lease may win the race).
+        plane.node_runtime.pause()
+        try:
+            plane.start_apiserver()
+            eventually(
+                lambda: not ready(), timeout=60, what="the node lifecycle controller to mark it"
+            )
+        finally:
+            plane.node_runtime.resume()
+    finally:
+        plane.start_apiserver()
+    resumed = time.monotonic()
+    pod = eventually(ready, timeout=15, what="the pod to be Ready again")
+    took = time.monotonic() - resumed
+    assert took < 10, f"Ready again only {took:.1f}s after the runtime was back"
+    after = container_status(pod)
+    assert after["restartCount"] == 0
+    assert after["containerID"] == before["containerID"]
+    assert Path(f"/proc/{pid}").exists(), "the container's process did not outlive the outage"
+    eventually(
+        lambda: all(
+            condition(kube.get(f"/api/v1/nodes/{name}"), "Ready")["status"] == "True"
+            for name in NODE_NAMES
+        ),
+        timeout=20,
+        what="the nodes to be Ready again",
+    )
+    kube.delete(pod_path("outlives-outage"))
