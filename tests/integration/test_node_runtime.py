@@ -19,7 +19,7 @@ from phiops_devcluster.node_runtime import GPU_NODE, NODE_NAMES, pod_log_path
 from phiops_devcluster.node_runtime.kube import ApiError, Kube
 
 from tests.conftest import Cluster
-from tests.helpers import host_paths, remove_created
+from tests.helpers import REPO, host_paths, remove_created
 
 pytestmark = [
     pytest.mark.cluster,
@@ -191,7 +191,8 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
     host = tmp_path / "mnt"  # the mountPaths; on the host they must not even be made
     script = "\n".join(
         [
-            "import os, pathlib, sys",
+            "import os, pathlib, sys, phiops_embed",
+            "print('code=' + phiops_embed.__file__)",
             "print('greeting=' + os.environ['GREETING'])",
             "print('combo=' + os.environ['COMBO'])",
             f"print('settings=' + pathlib.Path('{host}/config/settings.ini').read_text().strip())",
@@ -249,6 +250,8 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
     assert (init["exitCode"], init["reason"]) == (0, "Completed")
 
     log = log_text(cluster, pod)
+    # This checkout's code, whichever checkout the editable install points at.
+    assert f"code={REPO}/images/embed/phiops_embed/__init__.py" in log
     assert "greeting=hello-from-configmap" in log
     assert "combo=hello-from-configmap/real-pod/$(KEPT)" in log
     assert "settings=answer=42" in log
