@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from phiops_devcluster.plane import ControlPlane
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Disruptive tests last: after an apiserver outage the controller-manager's and the
+    scheduler's watches come back only after their back-off (up to 30 s), so Endpoints and
+    bindings lag for a while in the session's one cluster."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: Path

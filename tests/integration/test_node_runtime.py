@@ -661,7 +661,7 @@ def test_other_images_are_simulated_running_and_ready(kube: Kube, cluster: Clust
     ).exists()
 
 
-# Kept last: it stops the apiserver, and the pods of the tests above must not see that.
+@pytest.mark.disruptive  # run after every other test of the session (tests/conftest.py)
 def test_pods_are_ready_again_soon_after_an_apiserver_outage(kube: Kube, cluster: Cluster) -> None:
     """After an outage the node lifecycle controller marks the pods NotReady; the runtime must
     notice that the apiserver no longer holds its status and send it again (no restart)."""
@@ -711,7 +711,7 @@ def test_pods_are_ready_again_soon_after_an_apiserver_outage(kube: Kube, cluster
             t["key"].startswith("node.kubernetes.io/") for t in taints
         )
 
-    # As found, for the tests that come after: nodes Ready, and schedulable again.
+    # Nodes Ready, and schedulable again.
     eventually(
         lambda: all(node_recovered(name) for name in NODE_NAMES),
         timeout=30,
