@@ -13,18 +13,29 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from tests.helpers import CRD_DIR
 
+if TYPE_CHECKING:
+    from phiops_devcluster.plane import ControlPlane
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Disruptive tests last: after an apiserver outage the controller-manager's and the
+    scheduler's watches come back only after their back-off (up to 30 s), so Endpoints and
+    bindings lag for a while in the session's one cluster."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
 
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: Path
     state_dir: Path
+    plane: ControlPlane | None = None  # for tests that stop and start its parts
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         proc = subprocess.run(
@@ -86,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         plane.up()
         previous = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(config.kubeconfig)
-        yield Cluster(kubeconfig=config.kubeconfig, state_dir=config.state_dir)
+        yield Cluster(kubeconfig=config.kubeconfig, state_dir=config.state_dir, plane=plane)
     finally:
         if "previous" in locals():
             if previous is None:

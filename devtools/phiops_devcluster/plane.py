@@ -163,6 +163,15 @@ class ControlPlane:
             self.config.kubeconfig.unlink(missing_ok=True)
             log(f"removed {self.config.state_dir}")
 
+    def stop_apiserver(self) -> None:
+        """An apiserver outage (tests): everything else keeps running."""
+        self.apiserver.stop()
+
+    def start_apiserver(self) -> None:
+        if not self.apiserver.running():
+            self.apiserver.start(self._apiserver_argv(control_plane_binaries()))
+        self._wait("kube-apiserver /readyz", self._apiserver_ready, 60)
+
     def status(self) -> dict[str, int | None]:
         return {proc.name: proc.pid() for proc in self.processes}
 

@@ -57,6 +57,19 @@ class ManagedProcess:
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 
+    def pause(self) -> None:
+        """SIGSTOP the process alone (not its group or sessions: a node runtime's pods run on);
+        tests use it to hold a process back, as a slow or partitioned one would be."""
+        pid = self.pid()
+        if pid is None:
+            raise ProcessLookupError(f"{self.name} is not running")
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 10.0) -> bool:
         """SIGTERM, then SIGKILL after `timeout`; returns whether something was stopped."""
         pid = self.pid()
@@ -64,6 +77,7 @@ class ManagedProcess:
             self.pid_file.unlink(missing_ok=True)
             return False
         _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, signal.SIGCONT)  # a paused process handles SIGTERM only once resumed
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.1)

@@ -19,7 +19,7 @@ from phiops_devcluster.node_runtime import GPU_NODE, NODE_NAMES, pod_log_path
 from phiops_devcluster.node_runtime.kube import ApiError, Kube
 
 from tests.conftest import Cluster
-from tests.helpers import host_paths, remove_created
+from tests.helpers import REPO, host_paths, remove_created
 
 pytestmark = [
     pytest.mark.cluster,
@@ -29,6 +29,8 @@ pytestmark = [
     ),
 ]
 NS = "node-runtime-tests"
+SLEEP = "import time; time.sleep(600)"
+OUTAGE_SECONDS = 25
 T = TypeVar("T")
 Obj = dict[str, Any]
 
@@ -189,7 +191,8 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
     host = tmp_path / "mnt"  # the mountPaths; on the host they must not even be made
     script = "\n".join(
         [
-            "import os, pathlib, sys",
+            "import os, pathlib, sys, phiops_embed",
+            "print('code=' + phiops_embed.__file__)",
             "print('greeting=' + os.environ['GREETING'])",
             "print('combo=' + os.environ['COMBO'])",
             f"print('settings=' + pathlib.Path('{host}/config/settings.ini').read_text().strip())",
@@ -247,6 +250,8 @@ def test_phiops_image_runs_for_real_with_config_volumes_and_termination_message(
     assert (init["exitCode"], init["reason"]) == (0, "Completed")
 
     log = log_text(cluster, pod)
+    # This checkout's code, whichever checkout the editable install points at.
+    assert f"code={REPO}/images/embed/phiops_embed/__init__.py" in log
     assert "greeting=hello-from-configmap" in log
     assert "combo=hello-from-configmap/real-pod/$(KEPT)" in log
     assert "settings=answer=42" in log
@@ -348,13 +353,17 @@ def test_an_empty_dir_over_tmp_hides_neither_the_image_nor_other_mount_sources(
 
 
 def test_pods_change_nothing_on_the_host_outside_the_state_folder(
-    kube: Kube, cluster: Cluster
+    kube: Kube, cluster: Cluster, tmp_path: Path
 ) -> None:
     # The mount sources are in the state folder (under /tmp in tests, as when the checkout is
     # cloned there), which the pod's own /tmp hides; its service-account token, its default
-    # termination file and a top-level mountPath need mount points the host does not have.
+    # termination file, a top-level mountPath, a file (subPath) in a folder /etc lacks and a
+    # mountPath inside a hostPath volume need mount points the host does not have.
     token = "/var/run/secrets/kubernetes.io/serviceaccount"
-    top = f"/phiops-node-runtime-test-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    top, etc = f"/phiops-node-runtime-test-{tag}", f"/etc/phiops-node-runtime-test-{tag}"
+    host_volume = tmp_path / "host-volume"
+    host_volume.mkdir()
     kube.create(
         f"/api/v1/namespaces/{NS}/configmaps",
         {"metadata": {"name": "host-check"}, "data": {"greeting": "hello"}},
@@ -364,6 +373,8 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
             "import pathlib, sys, time",
             f"print('token=' + pathlib.Path('{token}/token').read_text()[:3])",
             f"print('greeting=' + pathlib.Path('{top}/config/greeting').read_text())",
+            f"print('file=' + pathlib.Path('{etc}/greeting.txt').read_text())",
+            f"print('nested=' + pathlib.Path('{top}/host/nested/greeting').read_text())",
             "pathlib.Path('/dev/termination-log').write_text('left no trace')",
             "for _ in range(300):  # until the exec probe, in the container's root, saw it all",
             "    if pathlib.Path('/tmp/probed').exists():",
@@ -374,7 +385,16 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
     )
     probe = f"test -s {token}/token && test -s {top}/config/greeting && touch /tmp/probed"
     before = host_paths(
-        [f"{top}/config", token, "/dev/termination-log", "/tmp", "/etc/hosts", "/etc/resolv.conf"]
+        [
+            *(f"{top}/{sub}" for sub in ("config", "host/nested")),
+            f"{etc}/greeting.txt",
+            host_volume / "nested",
+            token,
+            "/dev/termination-log",
+            "/tmp",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+        ]
     )
     try:
         create_pod(
@@ -392,12 +412,20 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
                         volumeMounts=[
                             {"name": "tmp", "mountPath": "/tmp"},
                             {"name": "config", "mountPath": f"{top}/config"},
+                            {
+                                "name": "config",
+                                "mountPath": f"{etc}/greeting.txt",
+                                "subPath": "greeting",
+                            },
+                            {"name": "host", "mountPath": f"{top}/host"},
+                            {"name": "config", "mountPath": f"{top}/host/nested"},
                         ],
                     )
                 ],
                 "volumes": [
                     {"name": "tmp", "emptyDir": {}},
                     {"name": "config", "configMap": {"name": "host-check"}},
+                    {"name": "host", "hostPath": {"path": str(host_volume)}},
                 ],
             },
         )
@@ -407,9 +435,12 @@ def test_pods_change_nothing_on_the_host_outside_the_state_folder(
         assert token in mounted  # (added by the ServiceAccount admission)
         assert "token=eyJ" in log_text(cluster, pod)
         assert "greeting=hello" in log_text(cluster, pod)
+        assert "file=hello" in log_text(cluster, pod)
+        assert "nested=hello" in log_text(cluster, pod)
         assert container_status(pod)["state"]["terminated"]["message"] == "left no trace"
         # Nothing appeared or changed on the host at the mount targets or their parents.
         assert host_paths(before) == before
+        assert list(host_volume.iterdir()) == []
     finally:
         remove_created(before)
 
@@ -628,3 +659,62 @@ def test_other_images_are_simulated_running_and_ready(kube: Kube, cluster: Clust
     assert not pod_log_path(
         cluster.state_dir, NS, "milvus", pod["metadata"]["uid"], "main"
     ).exists()
+
+
+@pytest.mark.disruptive  # run after every other test of the session (tests/conftest.py)
+def test_pods_are_ready_again_soon_after_an_apiserver_outage(kube: Kube, cluster: Cluster) -> None:
+    """After an outage the node lifecycle controller marks the pods NotReady; the runtime must
+    notice that the apiserver no longer holds its status and send it again (no restart)."""
+    plane = cluster.plane
+    assert plane is not None
+    create_pod(kube, "outlives-outage", {"containers": [python_container(SLEEP)]})
+
+    def ready() -> Obj | None:
+        pod = kube.get(pod_path("outlives-outage"))
+        statuses = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
+        return pod if statuses.get("Ready") == "True" else None
+
+    before = container_status(eventually(ready, what="the pod to be Ready"))
+    pid = int(before["containerID"].removeprefix("phiops://"))
+
+    plane.stop_apiserver()
+    try:
+        # Longer than the controller-manager's --node-monitor-grace-period (20 s): the node's
+        # lease goes stale while the runtime's requests fail.
+        time.sleep(OUTAGE_SECONDS)
+        # Held back from here until the controller has marked the pod: the order a slow
+        # reconnect gives, made certain (otherwise the first renewed lease may win the race).
+        plane.node_runtime.pause()
+        try:
+            plane.start_apiserver()
+            eventually(
+                lambda: not ready(), timeout=60, what="the node lifecycle controller to mark it"
+            )
+        finally:
+            plane.node_runtime.resume()
+    finally:
+        plane.start_apiserver()
+    resumed = time.monotonic()
+    pod = eventually(ready, timeout=15, what="the pod to be Ready again")
+    took = time.monotonic() - resumed
+    print(f"Ready again {took:.1f}s after the runtime was back")  # (shown with -rP)
+    assert took < 10, f"Ready again only {took:.1f}s after the runtime was back"
+    after = container_status(pod)
+    assert after["restartCount"] == 0
+    assert after["containerID"] == before["containerID"]
+    assert Path(f"/proc/{pid}").exists(), "the container's process did not outlive the outage"
+
+    def node_recovered(name: str) -> bool:
+        node = kube.get(f"/api/v1/nodes/{name}")
+        taints = node["spec"].get("taints") or []  # the controller's unreachable ones, gone
+        return condition(node, "Ready")["status"] == "True" and not any(
+            t["key"].startswith("node.kubernetes.io/") for t in taints
+        )
+
+    # Nodes Ready, and schedulable again.
+    eventually(
+        lambda: all(node_recovered(name) for name in NODE_NAMES),
+        timeout=30,
+        what="the nodes to be Ready and untainted again",
+    )
+    kube.delete(pod_path("outlives-outage"))

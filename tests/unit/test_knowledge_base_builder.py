@@ -43,6 +43,9 @@ def test_embedded_store_is_one_recreated_pod_with_its_claim_and_service() -> Non
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "serve-store"
     assert container["image"] == OperatorConfig().images.embed
+    # The operator's version labels the Deployment, never its pods: an upgrade would roll them.
+    assert "app.kubernetes.io/version" in deployment["metadata"]["labels"]
+    assert "app.kubernetes.io/version" not in deployment["spec"]["template"]["metadata"]["labels"]
     assert children["Service"]["spec"]["ports"][0]["port"] == kb.STORE_PORT
     assert kb.store_uri(PARENT, spec()) == "http://handbook-store.team-a.svc:19530"
 

@@ -106,3 +106,63 @@ def test_mount_points_are_made_in_the_container_only_under_a_volume_over_tmp(
         assert host_paths(before) == before
     finally:
         remove_created(before)
+
+
+def test_file_and_nested_mount_points_stay_in_the_container(under_tmp: Path) -> None:
+    # Mount targets that the first test does not reach: a file (as a subPath or a custom
+    # terminationMessagePath) in a missing folder below an existing host folder (/etc), a target
+    # below a host volume (a hostPath: the host's own files, not the runtime's), and one below
+    # one of the runtime's own volumes (made in that volume, inside the state folder).
+    state, host_volume = under_tmp / "state", under_tmp / "host-volume"
+    for folder in ("config", "data", "layers"):
+        (state / folder).mkdir(parents=True)
+    host_volume.mkdir()
+    (state / "config" / "greeting").write_text("hello")
+    (state / "settings.ini").write_text("[main]")
+    (state / "termination").write_text("")
+    tag = uuid.uuid4().hex[:8]
+    etc, var = Path(f"/etc/phiops-shim-test-{tag}"), Path(f"/var/lib/phiops-shim-test-{tag}")
+    top = Path(f"/phiops-shim-test-{tag}")
+    mounts: list[dict[str, Any]] = [
+        {"source": state / "settings.ini", "target": f"{etc}/settings.ini", "readOnly": True},
+        {"source": state / "termination", "target": f"{var}/log/termination"},
+        {"source": host_volume, "target": f"{top}/host", "ownVolume": False},
+        {"source": state / "config", "target": f"{top}/host/nested/config", "readOnly": True},
+        {"source": state / "data", "target": f"{top}/data", "readOnly": True},
+        {"source": state / "config", "target": f"{top}/data/deeper/config", "readOnly": True},
+    ]
+    script = "; ".join(
+        [
+            "import pathlib as p",
+            f"print(p.Path('{etc}/settings.ini').read_text())",
+            f"print(p.Path('{top}/host/nested/config/greeting').read_text())",
+            f"print(p.Path('{top}/data/deeper/config/greeting').read_text())",
+            f"p.Path('{var}/log/termination').write_text('custom path')",
+        ]
+    )
+    targets = [m["target"] for m in mounts]
+    before = host_paths([*targets, host_volume / "nested"])
+    try:
+        done = run_shim(
+            {
+                "netns": None,
+                "hostname": "shim-test",
+                "mounts": [{"ownVolume": True, **m, "source": str(m["source"])} for m in mounts],
+                "layers": str(state / "layers"),
+                "imagePaths": IMAGE_PATHS,
+                "workingDir": "/",
+                "argv": [sys.executable, "-c", script],
+                "env": {"PATH": os.environ["PATH"]},
+            },
+            under_tmp,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["[main]", "hello", "hello"]
+        assert (state / "termination").read_text() == "custom path"
+        # Nothing appeared on the host, not even in the host volume; the mount point below the
+        # runtime's own volume was made in it (the state folder is the runtime's to write).
+        assert host_paths(before) == before
+        assert list(host_volume.iterdir()) == []
+        assert (state / "data" / "deeper" / "config").is_dir()
+    finally:
+        remove_created(before)

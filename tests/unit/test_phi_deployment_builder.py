@@ -133,6 +133,14 @@ def test_probes_ports_and_restricted_security_context() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
+def test_the_operator_version_labels_the_deployment_but_not_its_pods() -> None:
+    deployment = build()[1]
+    assert "app.kubernetes.io/version" in deployment["metadata"]["labels"]
+    template = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "app.kubernetes.io/version" not in template  # an upgrade would roll every server
+    assert template.items() >= builder.selector("assistant").items()
+
+
 def test_service_exposes_the_api_port_and_status_endpoint_names_it() -> None:
     service = build()[2]
     assert service["spec"]["ports"][0]["port"] == 8080

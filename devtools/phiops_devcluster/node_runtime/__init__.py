@@ -9,7 +9,10 @@ once no other runtime uses it) it created.
 What it does:
 - registers and heart-beats two nodes, `phiops-cpu-0` and `phiops-gpu-0` (the latter with
   `nvidia.com/gpu: 2`, the GPU pool's label and `nvidia.com/gpu=present:NoSchedule` taint), and
-  the default StorageClass `phiops-local`;
+  the default StorageClass `phiops-local`; heartbeats go on through apiserver outages;
+- keeps each pod's status what the apiserver holds, as the kubelet's status manager does: when
+  another writer changed it (after an outage the node lifecycle controller marks every pod of a
+  node that went Unknown NotReady), the runtime's status is sent again, with no restart;
 - provisions claims of `phiops-local` as hostPath PVs under `STATE/volumes/<pv-name>`;
 - runs the pods bound to its nodes. Containers of phiops's own images (`phiops-embed`,
   `phiops-finetune`, `phiops-serve`, `phiops-operator`, any registry/tag) run for real as local

@@ -35,14 +35,20 @@ PHIOPS_ENTRYPOINTS = {
     "phiops-operator": "phiops_operator",
 }
 VENV_BIN = str(Path(sys.executable).parent)
+CHECKOUT = Path(__file__).resolve().parents[3]
 # What a real image would contain, here taken from the host: the Python environment and this
-# checkout (editable installs point into it). Kept visible under volumes mounted over a parent.
-IMAGE_PATHS = sorted(
-    {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[3])} - {"/", "/usr"}
-)
+# checkout. Kept visible under volumes mounted over a parent.
+IMAGE_PATHS = sorted({sys.prefix, sys.base_prefix, str(CHECKOUT)} - {"/", "/usr"})
+# The package folders of this checkout (pyproject's `where`), ahead of the editable install,
+# which may point at another checkout: a git worktree's pods run the worktree's code.
+SOURCE_DIRS = [
+    CHECKOUT / folder
+    for folder in ("operator", "images/embed", "images/finetune", "images/serve", "images/common")
+]
 # What the images' ENV would provide; the container's own env overrides it.
 IMAGE_ENV = {
     "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONPATH": os.pathsep.join(str(d) for d in SOURCE_DIRS if d.is_dir()),
     "HOME": "/root",
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",

@@ -21,7 +21,8 @@ Obj = dict[str, Any]
 log = logging.getLogger("node-runtime.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
-MAX_RETRY_SECONDS = 8.0
+# Short: the apiserver is on loopback, and after an outage pods must catch up within seconds.
+MAX_RETRY_SECONDS = 4.0
 
 
 class ApiError(Exception):

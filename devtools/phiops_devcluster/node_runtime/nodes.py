@@ -7,6 +7,7 @@ import platform
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,31 +118,44 @@ def ensure_storage_class(kube: Kube) -> None:
 
 
 class Heartbeat:
-    """Keeps both nodes Ready: node status every ~10 s and their Leases every ~5 s."""
+    """Keeps both nodes Ready: node status every ~10 s and their Leases every ~5 s, through and
+    after apiserver outages (a failed beat is retried at the next tick, not a period later)."""
 
     def __init__(self, kube: Kube, stop: threading.Event) -> None:
         self._kube = kube
         self._stop = stop
-        self._since = now_rfc3339()
         self._boot_id = str(uuid.uuid4())
+        self._next_status = dict.fromkeys((spec.name for spec in NODES), 0.0)
 
     def run(self) -> None:
-        next_status = 0.0
         while not self._stop.is_set():
-            post_status = time.monotonic() >= next_status
-            if post_status:
-                next_status = time.monotonic() + STATUS_EVERY_SECONDS
             for spec in NODES:
-                try:
-                    if post_status:
-                        self._post_status(spec)
-                    self._renew_lease(spec)
-                except Exception as err:
-                    log.warning("heartbeat for %s failed: %s", spec.name, err)
+                due = time.monotonic() >= self._next_status[spec.name]
+                if due and self._beat("status", self._post_status, spec):
+                    self._next_status[spec.name] = time.monotonic() + STATUS_EVERY_SECONDS
+                self._beat("lease", self._renew_lease, spec)
             self._stop.wait(LEASE_RENEW_SECONDS)
+
+    def _beat(self, what: str, post: Callable[[NodeSpec], None], spec: NodeSpec) -> bool:
+        try:
+            post(spec)
+        except Exception as err:
+            log.warning("heartbeat (%s) for %s failed: %s", what, spec.name, err)
+            return False
+        return True
+
+    def _ready_since(self, spec: NodeSpec, now: str) -> str:
+        """When the node became Ready: kept while the apiserver says Ready, else now (the node
+        lifecycle controller marks it Unknown when the heartbeats stop reaching it)."""
+        node = self._kube.get_or_none(f"/api/v1/nodes/{q(spec.name)}") or {}
+        for cond in node.get("status", {}).get("conditions") or []:
+            if cond.get("type") == "Ready" and cond.get("status") == "True":
+                return str(cond.get("lastTransitionTime") or now)
+        return now
 
     def _post_status(self, spec: NodeSpec) -> None:
         now = now_rfc3339()
+        ready_since = self._ready_since(spec, now)
 
         def condition(kind: str, status: str, reason: str, message: str) -> Obj:
             return {
@@ -150,7 +164,7 @@ class Heartbeat:
                 "reason": reason,
                 "message": message,
                 "lastHeartbeatTime": now,
-                "lastTransitionTime": self._since,
+                "lastTransitionTime": ready_since,
             }
 
         status: dict[str, Any] = {

@@ -119,6 +119,9 @@ class PodWorker:
             for c in status.get("conditions") or []
         }
         self.published: Obj | None = None
+        # The apiserver's copy of the status, from the watch or our last patch: another writer
+        # (the node lifecycle controller marks pods NotReady after an outage) shows up here.
+        self.seen: Obj = status
         if self.phase not in TERMINAL:
             self._adopt(status)
 
@@ -131,6 +134,7 @@ class PodWorker:
 
     def update(self, pod: Obj) -> None:
         self.pod = pod
+        self.seen = pod.get("status") or {}
         self.wake.set()
 
     def mark_deleted(self) -> None:
@@ -381,14 +385,22 @@ class PodWorker:
             "initContainerStatuses": [r.status() for r in self.inits] or None,
             "containerStatuses": [r.status() for r in self.apps],
         }
-        if status == self.published:
+        # As the kubelet's status manager: unchanged and still what the apiserver holds.
+        if status == self.published and agrees(status, self.seen):
             return
+        if self.published is not None and status == self.published:
+            log.info(
+                "pod %s/%s: the apiserver holds another status; re-sending ours",
+                self.namespace,
+                self.name,
+            )
         try:
-            self.ctx.kube.patch(
+            updated = self.ctx.kube.patch(
                 f"/api/v1/namespaces/{q(self.namespace)}/pods/{q(self.name)}/status",
                 {"metadata": {"uid": self.uid}, "status": status},
             )
             self.published = status
+            self.seen = updated.get("status") or {}
         except ApiError as err:
             if err.status == 404:
                 self.deleted = True
@@ -441,3 +453,14 @@ class PodWorker:
             )
         log.info("pod %s/%s: deleted", self.namespace, self.name)
         self.ctx.forget(self.uid)
+
+
+def agrees(ours: Obj, server: Obj) -> bool:
+    """Whether the apiserver's pod status says what ours says: phase, pod IP and the statuses of
+    the conditions we publish (other writers' condition types are theirs)."""
+    theirs = {c["type"]: c["status"] for c in server.get("conditions") or []}
+    return (
+        ours.get("phase") == server.get("phase")
+        and ours.get("podIP") == server.get("podIP")
+        and all(theirs.get(c["type"]) == c["status"] for c in ours.get("conditions") or [])
+    )

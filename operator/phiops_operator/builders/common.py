@@ -30,6 +30,15 @@ def labels(kind: str, parent: str, component: str) -> dict[str, str]:
     }
 
 
+def pod_labels(kind: str, parent: str, component: str) -> dict[str, str]:
+    """Labels for a Deployment's pod template: without the operator's version, which would
+    roll every pod on each operator upgrade although nothing they run changed (the version
+    stays on the Deployment itself)."""
+    pod = labels(kind, parent, component)
+    del pod["app.kubernetes.io/version"]
+    return pod
+
+
 def owner_reference(parent: Mapping[str, Any]) -> dict[str, Any]:
     meta = parent["metadata"]
     return {

@@ -29,6 +29,7 @@ from phiops_operator.builders.common import (
     container_resources,
     labels,
     placement,
+    pod_labels,
     secret_volume,
 )
 from phiops_operator.config import OperatorConfig
@@ -76,7 +77,7 @@ def store_children(
         "app.kubernetes.io/instance": parent["metadata"]["name"],
         "app.kubernetes.io/component": STORE_COMPONENT,
     }
-    pod_labels = labels(parent["kind"], parent["metadata"]["name"], STORE_COMPONENT)
+    template_labels = pod_labels(parent["kind"], parent["metadata"]["name"], STORE_COMPONENT)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -87,7 +88,7 @@ def store_children(
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": template_labels},
                 "spec": {
                     "containers": [
                         {

@@ -30,8 +30,8 @@ from phiops_operator.builders.common import (
     child_name,
     config_map,
     container_resources,
-    labels,
     placement,
+    pod_labels,
     secret_volume,
     with_gpus,
 )
@@ -290,7 +290,7 @@ def deployment(
     }
     if resources:
         container["resources"] = resources
-    pod_labels = labels(parent["kind"], parent_name, SERVER_COMPONENT)
+    template_labels = pod_labels(parent["kind"], parent_name, SERVER_COMPONENT)
     digest = config_hash(serve_config(spec, inputs))
     return {
         "apiVersion": "apps/v1",
@@ -306,7 +306,7 @@ def deployment(
             },
             "template": {
                 "metadata": {
-                    "labels": pod_labels,
+                    "labels": template_labels,
                     "annotations": {CONFIG_HASH_ANNOTATION: digest},
                 },
                 "spec": {
