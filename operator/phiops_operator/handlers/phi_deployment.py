@@ -390,7 +390,9 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         # Nothing sent for an unchanged Deployment: the one read above is current.
         deployment = applied[1] or existing
         assert deployment is not None
-        if _config_hash(deployment) != _config_hash(existing):
+        if existing is None:
+            pass  # a first rollout is no news (and every Event posted is a request)
+        elif _config_hash(deployment) != _config_hash(existing):
             context.logger.info("rolling out a new engine configuration")
         elif (claims := _mounted_claims(deployment)) != _mounted_claims(existing):
             context.logger.info(f"rolling out to mount the claims {', '.join(claims)}")
