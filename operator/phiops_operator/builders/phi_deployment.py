@@ -32,6 +32,7 @@ from phiops_operator.builders.common import (
     container_resources,
     labels,
     placement,
+    restricted,
     secret_volume,
     with_gpus,
 )
@@ -50,15 +51,8 @@ HTTP_PORT = 8000
 # Adapter loading and unloading, for the operator only: no Service port leads there.
 ADMIN_PORT = DEFAULT_ADMIN_PORT
 
-RESTRICTED_POD = {
-    "runAsNonRoot": True,
-    "runAsUser": 10001,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-}
+# Requests where the spec sets none: the base model and the engine's cache live in memory.
+SERVER_REQUESTS = {"cpu": "500m", "memory": "2Gi"}
 
 
 @dataclass(frozen=True)
@@ -253,7 +247,7 @@ def deployment(
     parent_name = parent["metadata"]["name"]
     res = spec.resources
     volumes, mounts = _volumes(parent_name, spec, inputs)
-    resources = container_resources(res)
+    resources = container_resources(res, SERVER_REQUESTS)
     pod_spec: dict[str, Any] = placement(res)
     with_gpus(resources, pod_spec, res.gpus, res.gpu_resource_name)
     env = [
@@ -286,10 +280,8 @@ def deployment(
             "failureThreshold": 3,
         },
         "volumeMounts": mounts,
-        "securityContext": RESTRICTED_CONTAINER,
+        "resources": resources,
     }
-    if resources:
-        container["resources"] = resources
     pod_labels = labels(parent["kind"], parent_name, SERVER_COMPONENT)
     digest = config_hash(serve_config(spec, inputs))
     return {
@@ -309,12 +301,7 @@ def deployment(
                     "labels": pod_labels,
                     "annotations": {CONFIG_HASH_ANNOTATION: digest},
                 },
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "securityContext": RESTRICTED_POD,
-                    **pod_spec,
-                },
+                "spec": restricted({"containers": [container], "volumes": volumes, **pod_spec}),
             },
         },
     }
