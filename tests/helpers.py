@@ -65,12 +65,24 @@ def tiny_model_pod(folder: str = "tiny") -> dict[str, Any]:
         "metadata": {"name": "make-tiny-model"},
         "spec": {
             "restartPolicy": "Never",
+            # Pod Security "restricted", as the test namespaces are labelled.
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [
                 {
                     "name": "make",
                     "image": "phiops-finetune:test",
                     "args": ["make-tiny-model", "--out", f"/models/{folder}"],
                     "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
                 }
             ],
             "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],

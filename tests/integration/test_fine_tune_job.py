@@ -100,7 +100,7 @@ def fine_tune_job(name: str, method: str, **training: Any) -> dict[str, Any]:
 def models(operator: int, crds: Cluster) -> Cluster:
     """A namespace with a tiny Phi-3 on a PVC (made by a pod of the trainer image) and a
     chat dataset in a ConfigMap."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     apply(crds, helpers.models_claim())
     apply(crds, helpers.tiny_model_pod())
     eventually(

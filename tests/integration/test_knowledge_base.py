@@ -115,7 +115,7 @@ def query(cluster: Cluster, kb: str, question: str, top_k: int = 3) -> list[dict
 @pytest.fixture(scope="module")
 def docs(operator: int, crds: Cluster) -> Cluster:
     """A namespace with Markdown/HTML documents in a ConfigMap and a PDF on a PVC."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     apply(
         crds, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "docs"}, "data": DOCS}
     )

@@ -99,7 +99,7 @@ def phi_deployment() -> dict[str, Any]:
 def stack(operator: int, crds: Cluster) -> Cluster:
     """The namespace with a tiny Phi-3 on a claim, a chat dataset, and the handbook
     KnowledgeBase synced."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     crds.apply(helpers.models_claim(), NS)
     crds.apply(helpers.models_claim(name=ADAPTERS_CLAIM), NS)
     crds.apply(helpers.tiny_model_pod(), NS)
