@@ -116,6 +116,7 @@ def knowledge_base_children(parent: dict[str, Any], config: OperatorConfig) -> l
     children = [
         *kb.store_children(parent, spec, config),
         *kb.sync_children(parent, spec, plan, config),
+        *kb.network_policies(parent, spec, config),
     ]
     if len(plan.configs) > 1:
         children.append(kb.promote_job(parent, spec, plan, config))
@@ -160,7 +161,10 @@ def phi_deployment_inputs(spec: PhiDeploymentSpec) -> Inputs:
 
 def phi_deployment_children(parent: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
     spec = PhiDeploymentSpec.model_validate(parent["spec"])
-    return phid.build(parent, spec, config, phi_deployment_inputs(spec))
+    return [
+        *phid.build(parent, spec, config, phi_deployment_inputs(spec)),
+        *phid.network_policies(parent, spec, config),
+    ]
 
 
 RENDER = {

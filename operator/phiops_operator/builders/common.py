@@ -10,6 +10,9 @@ from phiops_operator import __version__
 from phiops_operator.models.base import PodSettings
 
 MANAGED_BY = "phiops-operator"
+# On the server pods of a PhiDeployment that retrieves from a knowledge base (its name): the
+# NetworkPolicy of that knowledge base's embedded store admits them by it.
+KNOWLEDGE_BASE_LABEL = "phiops.dev/knowledge-base"
 
 
 def child_name(parent: str, component: str) -> str:
@@ -184,3 +187,31 @@ def with_gpus(
     tolerations = pod_spec.get("tolerations", [])
     if GPU_TOLERATION not in tolerations:
         pod_spec["tolerations"] = [*tolerations, GPU_TOLERATION]
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace since 1.21
+
+
+def network_policy(
+    parent: Mapping[str, Any],
+    component: str,
+    pod_selector: Mapping[str, str],
+    ingress: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """An ingress-only NetworkPolicy for the pods `pod_selector` picks: what `ingress` lists
+    is admitted, nothing else (egress is left alone). Policies add up, so a cluster admin
+    may admit more with a policy of their own."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(parent, component),
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def tcp_ports(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]

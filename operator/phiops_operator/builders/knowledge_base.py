@@ -1,5 +1,5 @@
-"""Children of a KnowledgeBase: the embedded store (PVC, Deployment, Service) and, per sync,
-a config ConfigMap and one embedding Job per shard. PURE: no API calls."""
+"""Children of a KnowledgeBase: the embedded store (PVC, Deployment, Service, NetworkPolicy)
+and, per sync, a config ConfigMap and one embedding Job per shard. PURE: no API calls."""
 
 from __future__ import annotations
 
@@ -22,16 +22,20 @@ from phiops_workload.knowledge import (
 )
 
 from phiops_operator.builders.common import (
+    KNOWLEDGE_BASE_LABEL,
     child_metadata,
     child_name,
     claim,
     config_map,
     container_resources,
     labels,
+    network_policy,
     placement,
     restricted,
     secret_volume,
+    tcp_ports,
 )
+from phiops_operator.builders.phi_deployment import SERVER_COMPONENT
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.knowledge_base import DocumentSource, KnowledgeBaseSpec
 
@@ -445,3 +449,29 @@ def cleanup_job(
             },
         },
     }
+
+
+def network_policies(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """milvus-lite has no authentication: its port admits this knowledge base's own sync
+    Jobs and the servers of the PhiDeployments that retrieve from it (same namespace), no
+    one else. An external Milvus is the user's to protect."""
+    if spec.vector_store.milvus.uri is not None:
+        return []
+    name = parent["metadata"]["name"]
+    kind = parent["kind"].lower()
+    sync_pods = {
+        "app.kubernetes.io/name": kind,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": SYNC_COMPONENT,
+    }
+    servers = {
+        "app.kubernetes.io/name": "phideployment",
+        "app.kubernetes.io/component": SERVER_COMPONENT,
+        KNOWLEDGE_BASE_LABEL: name,
+    }
+    peers = [{"podSelector": {"matchLabels": sync_pods}}, {"podSelector": {"matchLabels": servers}}]
+    ingress = [{"from": peers, "ports": tcp_ports(STORE_PORT)}]
+    pods = {"app.kubernetes.io/name": kind, **_store_selector(name)}
+    return [network_policy(parent, STORE_COMPONENT, pods, ingress)]

@@ -1,4 +1,5 @@
-"""Children of a PhiDeployment: the server's config, its Deployment and its Service.
+"""Children of a PhiDeployment: the server's config, its Deployment, Service and
+NetworkPolicy.
 
 The handler resolves what the spec refers to (FineTuneJob adapters, the KnowledgeBase's
 store) into `Inputs`; everything here is a pure function of the spec and those inputs.
@@ -26,14 +27,18 @@ from phiops_workload.serving import (
 )
 
 from phiops_operator.builders.common import (
+    KNOWLEDGE_BASE_LABEL,
+    NAMESPACE_NAME_LABEL,
     child_metadata,
     child_name,
     config_map,
     container_resources,
     labels,
+    network_policy,
     placement,
     restricted,
     secret_volume,
+    tcp_ports,
     with_gpus,
 )
 from phiops_operator.config import OperatorConfig
@@ -283,6 +288,8 @@ def deployment(
         "resources": resources,
     }
     pod_labels = labels(parent["kind"], parent_name, SERVER_COMPONENT)
+    if spec.knowledge_base_ref is not None:
+        pod_labels[KNOWLEDGE_BASE_LABEL] = spec.knowledge_base_ref.name
     digest = config_hash(serve_config(spec, inputs))
     return {
         "apiVersion": "apps/v1",
@@ -329,3 +336,23 @@ def build(
         deployment(parent, spec, config, inputs),
         service(parent, spec),
     ]
+
+
+def network_policies(
+    parent: Mapping[str, Any], spec: PhiDeploymentSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """The API port admits everyone (clients, ingress controllers, Prometheus; the Service
+    may be a LoadBalancer); the admin port, which loads and unloads adapters, admits the
+    operator's pods only."""
+    settings = config.network_policies
+    operator = {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.operator_namespace}},
+        "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
+    }
+    ingress = [
+        {"ports": tcp_ports(HTTP_PORT)},
+        {"from": [operator], "ports": tcp_ports(ADMIN_PORT)},
+    ]
+    name = parent["metadata"]["name"]
+    pods = {"app.kubernetes.io/name": parent["kind"].lower(), **selector(name)}
+    return [network_policy(parent, SERVER_COMPONENT, pods, ingress)]
