@@ -129,6 +129,8 @@ def restricted(pod_spec: dict[str, Any], api_access: bool = False) -> dict[str, 
         "runAsUser": WORKLOAD_UID,
         "runAsGroup": WORKLOAD_UID,
         "fsGroup": WORKLOAD_UID,
+        # Chown a claim only when its root is not the group's yet: models and stores are big.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     pod_spec["automountServiceAccountToken"] = api_access
