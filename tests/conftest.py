@@ -31,6 +31,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 
 
+PSS_MODES = ("enforce", "audit", "warn")
+
+
 @dataclass(frozen=True)
 class Cluster:
     kubeconfig: Path
@@ -52,6 +55,14 @@ class Cluster:
     def apply(self, manifest: dict[str, Any], namespace: str) -> None:
         manifest.setdefault("metadata", {}).setdefault("namespace", namespace)
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def create_namespace(self, name: str) -> None:
+        """A namespace labelled for Pod Security "restricted", which every pod phiops makes
+        passes (the local control plane, 1.20, does not enforce the label: it states intent)."""
+        labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in PSS_MODES}
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        namespace["metadata"]["labels"] = labels
+        self.kubectl("create", "-f", "-", input=yaml.safe_dump(namespace))
 
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         """The object as JSON, or None when it does not exist."""

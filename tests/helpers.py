@@ -56,6 +56,16 @@ def models_claim(size: str = "1Gi", name: str = "models") -> dict[str, Any]:
     }
 
 
+# Pod Security "restricted" for the tests' own pods, as the test namespaces are labelled.
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def tiny_model_pod(folder: str = "tiny") -> dict[str, Any]:
     """A pod of the trainer image making a tiny random-weight Phi-3 (the real architecture,
     a few small layers) in `folder` of the `models` claim: no model hub is reachable here."""
@@ -65,12 +75,15 @@ def tiny_model_pod(folder: str = "tiny") -> dict[str, Any]:
         "metadata": {"name": "make-tiny-model"},
         "spec": {
             "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": RESTRICTED_POD,
             "containers": [
                 {
                     "name": "make",
                     "image": "phiops-finetune:test",
                     "args": ["make-tiny-model", "--out", f"/models/{folder}"],
                     "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                    "securityContext": RESTRICTED_CONTAINER,
                 }
             ],
             "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],

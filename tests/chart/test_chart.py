@@ -17,6 +17,7 @@ from phiops_operator.builders.phi_deployment import SERVER_COMPONENT
 from tests.chart import sync
 from tests.chart.manifests import VALUES_FILES, VALUES_NAMES, by_kind, one, rendered
 from tests.chart.tools import CHART, REPO, helm, template
+from tests.pod_security import violations
 
 # Kubernetes versions the rendered objects are validated against (offline schemas).
 KUBERNETES_VERSIONS = ("1.28.0", "1.33.0")
@@ -217,34 +218,8 @@ def _container(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 
 def _assert_restricted(pod_spec: dict[str, Any]) -> None:
-    """The checks of Pod Security Standards "restricted" (v1.28) for one pod."""
-    pod = pod_spec.get("securityContext") or {}
-    assert pod.get("runAsNonRoot") is True
-    assert pod.get("runAsUser", 1) != 0
-    assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault"
-    assert not pod_spec.get("hostNetwork") and not pod_spec.get("hostPID")
-    assert not pod_spec.get("hostIPC")
-    for volume in pod_spec.get("volumes") or []:
-        assert set(volume) - {"name"} <= {
-            "configMap",
-            "csi",
-            "downwardAPI",
-            "emptyDir",
-            "ephemeral",
-            "persistentVolumeClaim",
-            "projected",
-            "secret",
-        }, f"volume type not allowed: {volume}"
-    for container in pod_spec["containers"] + pod_spec.get("initContainers", []):
-        ctx = container.get("securityContext") or {}
-        assert ctx.get("allowPrivilegeEscalation") is False
-        assert ctx.get("capabilities", {}).get("drop") == ["ALL"]
-        assert not ctx.get("capabilities", {}).get("add")
-        assert not ctx.get("privileged")
-        assert ctx.get("runAsUser", 1) != 0
-        assert ctx.get("seccompProfile", {}).get("type", "RuntimeDefault") == "RuntimeDefault"
-        for port in container.get("ports") or []:
-            assert "hostPort" not in port
+    """Pod Security Standards "restricted" (tests/pod_security.py, as for the workloads)."""
+    assert violations(pod_spec) == []
 
 
 @pytest.mark.parametrize("values", VALUES_NAMES)

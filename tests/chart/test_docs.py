@@ -14,7 +14,14 @@ import yaml
 from tests.chart.tools import CHART, REPO
 
 DOCS = REPO / "docs" / "operations"
-PAGES = ("install.md", "upgrade-uninstall.md", "gitops.md", "alerts.md", "values.md")
+PAGES = (
+    "install.md",
+    "upgrade-uninstall.md",
+    "gitops.md",
+    "alerts.md",
+    "values.md",
+    "security.md",
+)
 
 
 def value_paths() -> Iterator[tuple[str, Any]]:

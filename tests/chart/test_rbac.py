@@ -19,7 +19,7 @@ from tests.chart.tools import REPO
 OPERATOR = REPO / "operator" / "phiops_operator"
 GROUP = "phiops.dev"
 CUSTOM = ("knowledgebases", "finetunejobs", "phideployments")
-WORKLOAD_GROUPS = {"", "apps", "batch", "rbac.authorization.k8s.io", GROUP}
+WORKLOAD_GROUPS = {"", "apps", "batch", "networking.k8s.io", "rbac.authorization.k8s.io", GROUP}
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 

@@ -64,7 +64,7 @@ def scaled_to_zero(name: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def installed(crds: Cluster) -> Cluster:
     for namespace in (APPS, MORE_APPS):
-        crds.kubectl("create", "namespace", namespace)
+        crds.create_namespace(namespace)
     # The session installed the CRDs with kubectl; let this release adopt them, as a user
     # moving to the chart would (Helm's documented ownership labels).
     for crd in crds.kubectl(

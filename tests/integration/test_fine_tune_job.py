@@ -13,6 +13,7 @@ from phiops_devcluster.node_runtime import GPU_NODE, pod_log_path, volume_dir
 
 from tests import helpers
 from tests.conftest import Cluster
+from tests.pod_security import violations
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 NS = "ftj-tests"
@@ -100,7 +101,7 @@ def fine_tune_job(name: str, method: str, **training: Any) -> dict[str, Any]:
 def models(operator: int, crds: Cluster) -> Cluster:
     """A namespace with a tiny Phi-3 on a PVC (made by a pod of the trainer image) and a
     chat dataset in a ConfigMap."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     apply(crds, helpers.models_claim())
     apply(crds, helpers.tiny_model_pod())
     eventually(
@@ -164,6 +165,18 @@ def test_lora_trains_on_the_gpu_node_and_the_adapter_changes_the_model(models: C
     limits = pod["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod["spec"]["tolerations"])
+
+    # Both pods ran restricted; only the trainer got a token, and used it to publish progress.
+    (preflight,) = pods_of(
+        models, "app.kubernetes.io/instance=lora-run,app.kubernetes.io/component=preflight"
+    )
+    for each, token in ((pod, True), (preflight, False)):
+        assert violations(each["spec"]) == []
+        mounts = [m["mountPath"] for m in each["spec"]["containers"][0]["volumeMounts"]]
+        assert any("serviceaccount" in m for m in mounts) is token, mounts
+    progress = get(models, "configmap", "lora-run-progress")
+    assert progress is not None
+    assert json.loads(progress["data"]["progress.json"]).get("step", 0) > 0
 
     out = claim_dir(models, "lora-run-output")
     assert {"adapter_config.json", "adapter_model.safetensors", "provenance.json"} <= {

@@ -16,6 +16,7 @@ import pytest
 
 from tests import helpers
 from tests.conftest import Cluster
+from tests.pod_security import violations
 from tests.unit.embed.pdfgen import make_pdf
 
 pytestmark = pytest.mark.cluster
@@ -115,7 +116,7 @@ def query(cluster: Cluster, kb: str, question: str, top_k: int = 3) -> list[dict
 @pytest.fixture(scope="module")
 def docs(operator: int, crds: Cluster) -> Cluster:
     """A namespace with Markdown/HTML documents in a ConfigMap and a PDF on a PVC."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     apply(
         crds, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "docs"}, "data": DOCS}
     )
@@ -150,10 +151,13 @@ def docs(operator: int, crds: Cluster) -> Cluster:
             "metadata": {"name": "upload-manuals"},
             "spec": {
                 "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "securityContext": helpers.RESTRICTED_POD,
                 "containers": [
                     {
                         "name": "copy",
                         "image": "phiops-embed:test",
+                        "securityContext": helpers.RESTRICTED_CONTAINER,
                         "command": [
                             "python",
                             "-c",
@@ -211,6 +215,25 @@ def test_builds_from_configmap_and_pvc_and_retrieves_the_right_document(docs: Cl
     assert battery[0]["doc_id"] == "manuals/battery.pdf"
     printed = docs.kubectl("get", "-n", NS, "kb", "handbook")
     assert "True" in printed and " 4 " in printed  # Ready and documents in the printer columns
+
+
+def test_store_and_sync_pods_ran_restricted_without_tokens_behind_a_policy(docs: Cluster) -> None:
+    """The pods the API server admitted (and the node runtime ran: the sync above succeeded)
+    carry the restricted settings and no ServiceAccount token; the store has its policy."""
+    wait_synced(docs, "handbook")
+    out = docs.kubectl(
+        "get", "-n", NS, "pods", "-l", "app.kubernetes.io/instance=handbook", "-o", "json"
+    )
+    pods = json.loads(out)["items"]
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    assert {"store", "sync"} <= components
+    for pod in pods:
+        assert violations(pod["spec"]) == [], pod["metadata"]["name"]
+        mounts = [m["mountPath"] for c in pod["spec"]["containers"] for m in c["volumeMounts"]]
+        assert not any("serviceaccount" in m for m in mounts), pod["metadata"]["name"]
+    policy = get(docs, "networkpolicy", "handbook-store")
+    assert policy is not None and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["metadata"]["ownerReferences"][0]["name"] == "handbook"
 
 
 def test_edits_and_deletions_propagate(docs: Cluster) -> None:

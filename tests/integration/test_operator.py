@@ -20,7 +20,7 @@ NS = "operator-tests"
 
 @pytest.fixture(scope="module", autouse=True)
 def namespace(crds: Cluster) -> str:
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     return NS
 
 

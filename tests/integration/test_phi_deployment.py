@@ -17,6 +17,7 @@ import pytest
 from tests import helpers
 from tests.chart.tools import INSTALL_HINT, promtool_path
 from tests.conftest import Cluster, free_port
+from tests.pod_security import violations
 from tests.prometheus import api, running_prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
@@ -99,7 +100,7 @@ def phi_deployment() -> dict[str, Any]:
 def stack(operator: int, crds: Cluster) -> Cluster:
     """The namespace with a tiny Phi-3 on a claim, a chat dataset, and the handbook
     KnowledgeBase synced."""
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     crds.apply(helpers.models_claim(), NS)
     crds.apply(helpers.models_claim(name=ADAPTERS_CLAIM), NS)
     crds.apply(helpers.tiny_model_pod(), NS)
@@ -219,6 +220,22 @@ def test_status_reports_replicas_endpoint_adapters_and_knowledge_base(
     assert status["knowledgeBase"] == {"name": "handbook", "collection": kb["status"]["collection"]}  # type: ignore[index]
     printed = stack.kubectl("get", "phid", "assistant", "-n", NS)
     assert "1/1" in printed and status["endpoint"] in printed
+
+
+def test_server_pods_run_restricted_and_are_admitted_to_the_store(
+    deployed: dict[str, Any], stack: Cluster
+) -> None:
+    """The serving pod ran restricted without a token; its label is what the handbook
+    store's policy admits, and its own policy is there."""
+    out = stack.kubectl(
+        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=assistant", "-o", "json"
+    )
+    (pod,) = [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert violations(pod["spec"]) == []
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["metadata"]["labels"]["phiops.dev/knowledge-base"] == "handbook"
+    for name in ("assistant-server", "handbook-store"):
+        assert get(stack, "networkpolicy", name) is not None, name
 
 
 def test_openai_client_lists_the_base_and_the_adapter_with_its_parent(

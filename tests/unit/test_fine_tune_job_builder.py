@@ -90,7 +90,8 @@ def test_training_attempt_asks_for_gpus_and_tolerates_the_gpu_taint() -> None:
 def test_preflight_runs_without_gpus_or_the_output_volume() -> None:
     job = ftj.preflight_job(PARENT, spec(), OperatorConfig())
     pod = job["spec"]["template"]["spec"]
-    assert "resources" not in pod["containers"][0]
+    resources = pod["containers"][0]["resources"]
+    assert resources == {"requests": ftj.PREFLIGHT_REQUESTS}, "no GPU, default requests only"
     assert "tolerations" not in pod
     assert all(v["name"] != "output" for v in pod["volumes"])
     assert pod["containers"][0]["args"][0] == "preflight"

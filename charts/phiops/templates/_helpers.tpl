@@ -153,6 +153,10 @@ Children are applied server-side (create + patch), observed (get, list) and prun
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Ingress policies of the embedded stores and inference servers; deleted when turned off.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{/* Cluster-scoped reads Kopf needs in every mode: it follows the CRDs it serves, and, when it

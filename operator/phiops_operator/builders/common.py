@@ -10,6 +10,9 @@ from phiops_operator import __version__
 from phiops_operator.models.base import PodSettings
 
 MANAGED_BY = "phiops-operator"
+# On the server pods of a PhiDeployment that retrieves from a knowledge base (its name): the
+# NetworkPolicy of that knowledge base's embedded store admits them by it.
+KNOWLEDGE_BASE_LABEL = "phiops.dev/knowledge-base"
 
 
 def child_name(parent: str, component: str) -> str:
@@ -105,10 +108,47 @@ def placement(settings: PodSettings | None) -> dict[str, Any]:
     return out
 
 
-def container_resources(settings: PodSettings | None) -> dict[str, Any]:
-    if settings is None or settings.resources is None:
-        return {}
-    return settings.resources.to_wire()
+def container_resources(
+    settings: PodSettings | None, default_requests: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The spec's resources, with a cpu and memory request always there: from the limit when
+    only a limit is given (as Kubernetes would), else from `default_requests`, so that the
+    scheduler and quota see every workload."""
+    wire = settings.resources.to_wire() if settings is not None and settings.resources else {}
+    if default_requests:
+        requests = dict(wire.get("requests") or {})
+        limits = wire.get("limits") or {}
+        for name, default in default_requests.items():
+            requests.setdefault(name, limits.get(name, default))
+        wire["requests"] = requests
+    return wire
+
+
+# The images' own user (images/*/Dockerfile: `useradd --uid 10001`, `USER 10001`).
+WORKLOAD_UID = 10001
+
+
+def restricted(pod_spec: dict[str, Any], api_access: bool = False) -> dict[str, Any]:
+    """Make `pod_spec` pass Pod Security Standard "restricted": non-root with the images' uid
+    (fsGroup makes claims writable for it), RuntimeDefault seccomp, and every container
+    without privilege escalation or capabilities. The ServiceAccount token is mounted only
+    for a pod that calls the Kubernetes API (`api_access`). Returns the same dict."""
+    pod_spec["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": WORKLOAD_UID,
+        "runAsGroup": WORKLOAD_UID,
+        "fsGroup": WORKLOAD_UID,
+        # Chown a claim only when its root is not the group's yet: models and stores are big.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod_spec["automountServiceAccountToken"] = api_access
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    return pod_spec
 
 
 def secret_volume(name: str, secret: str, key: str, file_name: str) -> dict[str, Any]:
@@ -158,3 +198,31 @@ def with_gpus(
     tolerations = pod_spec.get("tolerations", [])
     if GPU_TOLERATION not in tolerations:
         pod_spec["tolerations"] = [*tolerations, GPU_TOLERATION]
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace since 1.21
+
+
+def network_policy(
+    parent: Mapping[str, Any],
+    component: str,
+    pod_selector: Mapping[str, str],
+    ingress: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """An ingress-only NetworkPolicy for the pods `pod_selector` picks: what `ingress` lists
+    is admitted, nothing else (egress is left alone). Policies add up, so a cluster admin
+    may admit more with a policy of their own."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(parent, component),
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def tcp_ports(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]

@@ -30,6 +30,7 @@ from phiops_operator.builders.common import (
     container_resources,
     labels,
     placement,
+    restricted,
     secret_volume,
     with_gpus,
 )
@@ -50,6 +51,10 @@ DATASET_DIR = "/phiops/dataset"
 MODEL_DIR = "/phiops/model"
 OUTPUT_DIR = "/phiops/output"
 SECRETS_DIR = "/phiops/secrets"
+# Requests where the spec sets none: the pre-flight tokenises the dataset on a CPU node; the
+# trainer's host side (data loading, the model before it moves to the GPU) needs more.
+PREFLIGHT_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+TRAIN_REQUESTS = {"cpu": "1", "memory": "2Gi"}
 
 
 def spec_hash(spec: FineTuneJobSpec) -> str:
@@ -224,6 +229,7 @@ def _job(
     pod_spec: dict[str, Any],
     container_extra: dict[str, Any],
     with_output: bool,
+    api_access: bool = False,
 ) -> dict[str, Any]:
     parent_name = parent["metadata"]["name"]
     volumes, mounts = _volumes(parent_name, spec, with_output)
@@ -250,12 +256,15 @@ def _job(
             "backoffLimit": 0,
             "template": {
                 "metadata": {"labels": labels(parent["kind"], parent_name, component)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": volumes,
-                    **pod_spec,
-                },
+                "spec": restricted(
+                    {
+                        "restartPolicy": "Never",
+                        "containers": [container],
+                        "volumes": volumes,
+                        **pod_spec,
+                    },
+                    api_access=api_access,
+                ),
             },
         },
     }
@@ -268,7 +277,10 @@ def preflight_job(
     that cannot train."""
     name = child_name(parent["metadata"]["name"], PREFLIGHT_COMPONENT)
     args = ["preflight", "--config", f"{CONFIG_DIR}/config.json"]
-    return _job(parent, spec, config, PREFLIGHT_COMPONENT, name, args, {}, {}, with_output=False)
+    resources = {"resources": container_resources(None, PREFLIGHT_REQUESTS)}
+    return _job(
+        parent, spec, config, PREFLIGHT_COMPONENT, name, args, {}, resources, with_output=False
+    )
 
 
 def train_job_name(parent_name: str, attempt: int) -> str:
@@ -281,7 +293,7 @@ def train_job(
     """One training attempt on a GPU node; a retried attempt resumes from the checkpoint."""
     parent_name = parent["metadata"]["name"]
     res = spec.resources
-    resources = container_resources(res)
+    resources = container_resources(res, TRAIN_REQUESTS)
     pod_spec = placement(res) | {"serviceAccountName": child_name(parent_name, TRAINER_COMPONENT)}
     with_gpus(resources, pod_spec, res.gpus, res.gpu_resource_name)
     if spec.active_deadline_seconds:
@@ -295,8 +307,10 @@ def train_job(
         train_job_name(parent_name, attempt),
         args,
         pod_spec,
-        {"resources": resources} if resources else {},
+        {"resources": resources},
         with_output=True,
+        # The trainer patches its progress ConfigMap with its ServiceAccount's token.
+        api_access=True,
     )
     job["metadata"]["labels"][ATTEMPT_LABEL] = str(attempt)
     job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec)}

@@ -1,5 +1,5 @@
-"""Children of a KnowledgeBase: the embedded store (PVC, Deployment, Service) and, per sync,
-a config ConfigMap and one embedding Job per shard. PURE: no API calls."""
+"""Children of a KnowledgeBase: the embedded store (PVC, Deployment, Service, NetworkPolicy)
+and, per sync, a config ConfigMap and one embedding Job per shard. PURE: no API calls."""
 
 from __future__ import annotations
 
@@ -22,16 +22,21 @@ from phiops_workload.knowledge import (
 )
 
 from phiops_operator.builders.common import (
+    KNOWLEDGE_BASE_LABEL,
     child_metadata,
     child_name,
     claim,
     config_map,
     container_resources,
     labels,
+    network_policy,
     placement,
     pod_labels,
+    restricted,
     secret_volume,
+    tcp_ports,
 )
+from phiops_operator.builders.phi_deployment import SERVER_COMPONENT
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.knowledge_base import DocumentSource, KnowledgeBaseSpec
 
@@ -47,6 +52,11 @@ SHARD_LABEL = "phiops.dev/shard"
 PROMOTE_STEP = "promote"
 # Pod retries inside one Job (eviction, node loss); failed syncs are retried by the operator.
 JOB_BACKOFF_LIMIT = 2
+# Requests where the spec sets none (spec.pod.resources applies to the embedding Jobs only):
+# milvus-lite idles small; embedding holds a model and a batch; a drop is one RPC.
+STORE_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
+SYNC_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+DROP_REQUESTS = {"cpu": "50m", "memory": "128Mi"}
 
 
 def store_name(parent_name: str) -> str:
@@ -62,6 +72,13 @@ def store_uri(parent: Mapping[str, Any], spec: KnowledgeBaseSpec) -> str:
     return f"http://{store_name(meta['name'])}.{meta['namespace']}.svc:{STORE_PORT}"
 
 
+def _store_selector(parent_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/instance": parent_name,
+        "app.kubernetes.io/component": STORE_COMPONENT,
+    }
+
+
 def store_children(
     parent: Mapping[str, Any], spec: KnowledgeBaseSpec, config: OperatorConfig
 ) -> list[dict[str, Any]]:
@@ -73,11 +90,30 @@ def store_children(
     store_claim = claim(
         parent, STORE_COMPONENT, storage.size, storage.storage_class_name, spec.reclaim_policy
     )
-    selector = {
-        "app.kubernetes.io/instance": parent["metadata"]["name"],
-        "app.kubernetes.io/component": STORE_COMPONENT,
-    }
+    selector = _store_selector(parent["metadata"]["name"])
     template_labels = pod_labels(parent["kind"], parent["metadata"]["name"], STORE_COMPONENT)
+    container = {
+        "name": "milvus-lite",
+        "image": (spec.pod and spec.pod.image) or config.images.embed,
+        "args": [
+            "serve-store",
+            "--data-dir",
+            STORE_DATA_DIR,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(STORE_PORT),
+        ],
+        # protocol is a list-map key: server-side apply (1.20) fails without it.
+        "ports": [{"name": "milvus", "containerPort": STORE_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": STORE_PORT}, "periodSeconds": 2},
+        "volumeMounts": [{"name": "data", "mountPath": STORE_DATA_DIR}],
+        "resources": container_resources(None, STORE_REQUESTS),
+    }
+    pod_spec = {
+        "containers": [container],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}],
+    }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -87,36 +123,7 @@ def store_children(
             # Never two store pods at once: milvus-lite locks its data directory.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": template_labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "milvus-lite",
-                            "image": (spec.pod and spec.pod.image) or config.images.embed,
-                            "args": [
-                                "serve-store",
-                                "--data-dir",
-                                STORE_DATA_DIR,
-                                "--host",
-                                "0.0.0.0",
-                                "--port",
-                                str(STORE_PORT),
-                            ],
-                            # protocol is a list-map key: server-side apply (1.20) fails without it.
-                            "ports": [
-                                {"name": "milvus", "containerPort": STORE_PORT, "protocol": "TCP"}
-                            ],
-                            "readinessProbe": {
-                                "tcpSocket": {"port": STORE_PORT},
-                                "periodSeconds": 2,
-                            },
-                            "volumeMounts": [{"name": "data", "mountPath": STORE_DATA_DIR}],
-                        }
-                    ],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}],
-                },
-            },
+            "template": {"metadata": {"labels": template_labels}, "spec": restricted(pod_spec)},
         },
     }
     service = {
@@ -338,9 +345,8 @@ def _sync_job(
             *secret_mounts,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": container_resources(spec.pod, SYNC_REQUESTS),
     }
-    if resources := container_resources(spec.pod):
-        container["resources"] = resources
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -351,19 +357,21 @@ def _sync_job(
                 "metadata": {
                     "labels": labels(parent["kind"], parent_name, SYNC_COMPONENT) | sync_labels
                 },
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "config",
-                            "configMap": {"name": _config_map_name(parent_name, plan.sync_id)},
-                        },
-                        *source_volumes,
-                        *secret_volumes,
-                    ],
-                    **placement(spec.pod),
-                },
+                "spec": restricted(
+                    {
+                        "restartPolicy": "Never",
+                        "containers": [container],
+                        "volumes": [
+                            {
+                                "name": "config",
+                                "configMap": {"name": _config_map_name(parent_name, plan.sync_id)},
+                            },
+                            *source_volumes,
+                            *secret_volumes,
+                        ],
+                        **placement(spec.pod),
+                    }
+                ),
             },
         },
     }
@@ -423,19 +431,48 @@ def cleanup_job(
             "ttlSecondsAfterFinished": 600,
             "template": {
                 "metadata": {"labels": labels(parent["kind"], parent["metadata"]["name"], "drop")},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "drop",
-                            "image": (spec.pod and spec.pod.image) or config.images.embed,
-                            "args": args,
-                            "volumeMounts": secret_mounts,
-                        }
-                    ],
-                    "volumes": secret_volumes,
-                    **placement(spec.pod),
-                },
+                "spec": restricted(
+                    {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {
+                                "name": "drop",
+                                "image": (spec.pod and spec.pod.image) or config.images.embed,
+                                "args": args,
+                                "volumeMounts": secret_mounts,
+                                "resources": container_resources(None, DROP_REQUESTS),
+                            }
+                        ],
+                        "volumes": secret_volumes,
+                        **placement(spec.pod),
+                    }
+                ),
             },
         },
     }
+
+
+def network_policies(
+    parent: Mapping[str, Any], spec: KnowledgeBaseSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """milvus-lite has no authentication: its port admits this knowledge base's own sync
+    Jobs and the servers of the PhiDeployments that retrieve from it (same namespace), no
+    one else. An external Milvus is the user's to protect."""
+    if spec.vector_store.milvus.uri is not None:
+        return []
+    name = parent["metadata"]["name"]
+    kind = parent["kind"].lower()
+    sync_pods = {
+        "app.kubernetes.io/name": kind,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": SYNC_COMPONENT,
+    }
+    servers = {
+        "app.kubernetes.io/name": "phideployment",
+        "app.kubernetes.io/component": SERVER_COMPONENT,
+        KNOWLEDGE_BASE_LABEL: name,
+    }
+    peers = [{"podSelector": {"matchLabels": sync_pods}}, {"podSelector": {"matchLabels": servers}}]
+    ingress = [{"from": peers, "ports": tcp_ports(STORE_PORT)}]
+    pods = {"app.kubernetes.io/name": kind, **_store_selector(name)}
+    return [network_policy(parent, STORE_COMPONENT, pods, ingress)]

@@ -1,4 +1,5 @@
-"""Children of a PhiDeployment: the server's config, its Deployment and its Service.
+"""Children of a PhiDeployment: the server's config, its Deployment, Service and
+NetworkPolicy.
 
 The handler resolves what the spec refers to (FineTuneJob adapters, the KnowledgeBase's
 store) into `Inputs`; everything here is a pure function of the spec and those inputs.
@@ -26,13 +27,18 @@ from phiops_workload.serving import (
 )
 
 from phiops_operator.builders.common import (
+    KNOWLEDGE_BASE_LABEL,
+    NAMESPACE_NAME_LABEL,
     child_metadata,
     child_name,
     config_map,
     container_resources,
+    network_policy,
     placement,
     pod_labels,
+    restricted,
     secret_volume,
+    tcp_ports,
     with_gpus,
 )
 from phiops_operator.config import OperatorConfig
@@ -50,15 +56,8 @@ HTTP_PORT = 8000
 # Adapter loading and unloading, for the operator only: no Service port leads there.
 ADMIN_PORT = DEFAULT_ADMIN_PORT
 
-RESTRICTED_POD = {
-    "runAsNonRoot": True,
-    "runAsUser": 10001,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-}
+# Requests where the spec sets none: the base model and the engine's cache live in memory.
+SERVER_REQUESTS = {"cpu": "500m", "memory": "2Gi"}
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,7 @@ def deployment(
     parent_name = parent["metadata"]["name"]
     res = spec.resources
     volumes, mounts = _volumes(parent_name, spec, inputs)
-    resources = container_resources(res)
+    resources = container_resources(res, SERVER_REQUESTS)
     pod_spec: dict[str, Any] = placement(res)
     with_gpus(resources, pod_spec, res.gpus, res.gpu_resource_name)
     env = [
@@ -286,11 +285,11 @@ def deployment(
             "failureThreshold": 3,
         },
         "volumeMounts": mounts,
-        "securityContext": RESTRICTED_CONTAINER,
+        "resources": resources,
     }
-    if resources:
-        container["resources"] = resources
     template_labels = pod_labels(parent["kind"], parent_name, SERVER_COMPONENT)
+    if spec.knowledge_base_ref is not None:
+        template_labels[KNOWLEDGE_BASE_LABEL] = spec.knowledge_base_ref.name
     digest = config_hash(serve_config(spec, inputs))
     return {
         "apiVersion": "apps/v1",
@@ -309,12 +308,7 @@ def deployment(
                     "labels": template_labels,
                     "annotations": {CONFIG_HASH_ANNOTATION: digest},
                 },
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "securityContext": RESTRICTED_POD,
-                    **pod_spec,
-                },
+                "spec": restricted({"containers": [container], "volumes": volumes, **pod_spec}),
             },
         },
     }
@@ -342,3 +336,23 @@ def build(
         deployment(parent, spec, config, inputs),
         service(parent, spec),
     ]
+
+
+def network_policies(
+    parent: Mapping[str, Any], spec: PhiDeploymentSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """The API port admits everyone (clients, ingress controllers, Prometheus; the Service
+    may be a LoadBalancer); the admin port, which loads and unloads adapters, admits the
+    operator's pods only."""
+    settings = config.network_policies
+    operator = {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.operator_namespace}},
+        "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
+    }
+    ingress = [
+        {"ports": tcp_ports(HTTP_PORT)},
+        {"from": [operator], "ports": tcp_ports(ADMIN_PORT)},
+    ]
+    name = parent["metadata"]["name"]
+    pods = {"app.kubernetes.io/name": parent["kind"].lower(), **selector(name)}
+    return [network_policy(parent, SERVER_COMPONENT, pods, ingress)]

@@ -18,6 +18,7 @@ from phiops_operator import GROUP, VERSION, metrics
 from phiops_operator.builders import knowledge_base as builder
 from phiops_operator.models.kinds import KNOWLEDGE_BASE
 from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
+from phiops_operator.network_policies import sync as sync_network_policies
 from phiops_operator.observe import job_outcome, job_state, job_times
 from phiops_operator.reconcile import (
     Context,
@@ -178,6 +179,8 @@ def _record_metrics(
 async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     for child in builder.store_children(context.parent, spec, context.config):
         await context.kube.apply(child)
+    policies = builder.network_policies(context.parent, spec, context.config)
+    await sync_network_policies(context, policies)
     store_ready, store_message = await _store_state(context, spec)
     missing, versions = await _missing_sources(context, spec)
     uri = builder.store_uri(context.parent, spec)

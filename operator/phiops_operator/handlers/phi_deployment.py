@@ -30,6 +30,7 @@ from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import PHI_DEPLOYMENT
 from phiops_operator.models.knowledge_base import KnowledgeBaseSpec
 from phiops_operator.models.phi_deployment import Adapter, PhiDeploymentSpec
+from phiops_operator.network_policies import sync as sync_network_policies
 from phiops_operator.reconcile import Context, InputRef, StatusUpdate, register
 from phiops_operator.status import phi_deployment as status
 from phiops_operator.status.phi_deployment import Dependency
@@ -387,6 +388,8 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
         children = builder.build(context.parent, spec, context.config, inputs)
         children[1]["metadata"]["annotations"] = {SERVED_ANNOTATION: _encode(inputs)}
         applied = [await kube.apply(child) for child in children]
+        policies = builder.network_policies(context.parent, spec, context.config)
+        await sync_network_policies(context, policies)
         # Nothing sent for an unchanged Deployment: the one read above is current.
         deployment = applied[1] or existing
         assert deployment is not None

@@ -23,6 +23,7 @@ CHILD_KINDS = (
     ("", "v1", "serviceaccounts"),
     ("apps", "v1", "deployments"),
     ("batch", "v1", "jobs"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
     ("rbac.authorization.k8s.io", "v1", "roles"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
