@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from phiops_operator import GROUP, VERSION, conditions, metrics
 from phiops_operator.config import OperatorConfig
-from phiops_operator.errors import describe
 from phiops_operator.k8s import Kube, KubeError
 from phiops_operator.metrics import observe_reconcile
 from phiops_operator.models.kinds import Kind
 from phiops_operator.status.common import ACCEPTED, invalid_spec
+from phiops_operator.validation import InvalidSpec, validate
 
 RETRY_DELAY_SECONDS = 15
 StatusUpdate = tuple[Sequence[conditions.Observation], dict[str, Any]]
@@ -99,9 +99,9 @@ async def reconcile(
     async with lock:
         with observe_reconcile(kind.kind) as outcome:
             try:
-                spec = parse_spec(kind, body.spec)
-            except ValidationError as err:
-                message = describe(err)
+                spec = validate(kind, body.meta["name"], body.spec)
+            except InvalidSpec as err:
+                message = str(err)
                 write(invalid_spec(message), {})
                 outcome.result = "invalid"
                 raise kopf.PermanentError(f"InvalidSpec: {message}") from None

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from phiops_operator.errors import FieldError
+
 # Kubernetes object names (RFC 1123 subdomain) and labels (RFC 1123 label).
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -167,3 +169,16 @@ def exactly_one(model: BaseModel, *fields: str) -> None:
         names = ", ".join(type(model).model_fields[f].alias or f for f in fields)
         found = ", ".join(type(model).model_fields[f].alias or f for f in set_fields) or "none"
         raise ValueError(f"set exactly one of {names} (found: {found})")
+
+
+def unique_names(field: str, names: list[str], taken: dict[str, str] | None = None) -> None:
+    """Raise a FieldError at the first `spec.<field>[i].name` that repeats an earlier one
+    or one of `taken` (name -> the field that already holds it). For spec-level lists."""
+    seen = dict(taken or {})
+    for index, name in enumerate(names):
+        if name in seen:
+            raise FieldError(
+                (field, index, "name"),
+                f"{name!r} is already taken by {seen[name]}; names must be unique",
+            )
+        seen[name] = f"spec.{field}[{index}].name"

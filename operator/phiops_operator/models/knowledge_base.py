@@ -17,6 +17,7 @@ from phiops_operator.models.base import (
     ResourceName,
     SecretKeyRef,
     exactly_one,
+    unique_names,
 )
 
 # Word pieces a sentence-transformers model reads; longer chunks are cut silently.
@@ -242,10 +243,7 @@ class KnowledgeBaseSpec(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> KnowledgeBaseSpec:
-        names = [s.name for s in self.sources]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"sources: names must be unique (repeated: {', '.join(duplicates)})")
+        unique_names("sources", [s.name for s in self.sources])
         milvus = self.vector_store.milvus
         if milvus.token_secret_ref is not None and milvus.uri is None:
             raise ValueError("vectorStore.milvus.tokenSecretRef needs vectorStore.milvus.uri")

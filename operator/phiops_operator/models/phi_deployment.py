@@ -15,6 +15,7 @@ from phiops_operator.models.base import (
     PodSettings,
     VolumePath,
     exactly_one,
+    unique_names,
 )
 
 ModelId = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$", max_length=63)]
@@ -162,10 +163,12 @@ class PhiDeploymentSpec(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> PhiDeploymentSpec:
-        names = [a.name for a in self.adapters or []]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"adapters: names must be unique (repeated: {', '.join(duplicates)})")
+        # The server lists the base and every adapter by name under /v1/models: one id each.
+        unique_names(
+            "adapters",
+            [a.name for a in self.adapters or []],
+            {self.model.name: "the base model (spec.model.name)"},
+        )
         if self.server.quantize == "nf4" and self.resources.gpus == 0:
             raise ValueError(
                 "server.quantize nf4 needs resources.gpus >= 1 (the engine loads a 4-bit base "
