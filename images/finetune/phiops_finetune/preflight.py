@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phiops_workload.contracts import TERMINATION_MESSAGE_LIMIT, WorkloadResult
 from phiops_workload.finetune import (
+    EXIT_INPUT_NOT_READY,
     REASON_MODEL_UNAVAILABLE,
     REASON_PREFLIGHT_PASSED,
+    REASON_WAITING_FOR_INPUTS,
     PreflightFigures,
     TrainJobConfig,
 )
@@ -85,7 +88,23 @@ def describe(p: Plan, config: TrainJobConfig) -> str:
     )
 
 
+def missing_inputs(config: TrainJobConfig) -> list[str]:
+    """Inputs on mounted volumes that are not there (yet). A local model folder that does not
+    exist must not reach transformers, which would take its path for a hub repo id."""
+    missing = []
+    model = config.base_model.path
+    if model is not None and not (Path(model).is_dir() and any(Path(model).iterdir())):
+        missing.append(f"the base model folder {model} (spec.baseModel.pvc) is missing or empty")
+    data = config.dataset.path
+    if not data.startswith(("http://", "https://")) and not Path(data).is_file():
+        missing.append(f"the dataset file {data} (spec.dataset) is missing")
+    return missing
+
+
 def run(config: TrainJobConfig) -> WorkloadResult:
+    missing = missing_inputs(config)
+    if missing:
+        raise WorkloadError(REASON_WAITING_FOR_INPUTS, "; ".join(missing), EXIT_INPUT_NOT_READY)
     data = dataset.read_bytes(config.dataset.path)
     p = plan(config, tokenizer_for(config), data)
     message = describe(p, config)
