@@ -37,13 +37,15 @@ async def _missing_sources(
     """Sources that do not exist, and the resourceVersions of the ConfigMaps that do (an
     edited document is a new version, hence a new sync)."""
     missing, versions = [], {}
-    for source in spec.sources:
+    for index, source in enumerate(spec.sources):
         if source.config_map is not None:
             found = await context.kube.get(
                 "v1", "ConfigMap", context.namespace, source.config_map.name
             )
             if found is None:
-                missing.append(f"ConfigMap {source.config_map.name} (source {source.name})")
+                missing.append(
+                    f"ConfigMap {source.config_map.name} (spec.sources[{index}].configMap.name)"
+                )
             else:
                 versions[source.name] = found["metadata"]["resourceVersion"]
         elif source.persistent_volume_claim is not None:
@@ -52,7 +54,10 @@ async def _missing_sources(
                 await context.kube.get("v1", "PersistentVolumeClaim", context.namespace, claim)
                 is None
             ):
-                missing.append(f"PersistentVolumeClaim {claim} (source {source.name})")
+                missing.append(
+                    f"PersistentVolumeClaim {claim} "
+                    f"(spec.sources[{index}].persistentVolumeClaim.claimName)"
+                )
     return missing, versions
 
 
@@ -164,10 +169,13 @@ def _record_metrics(
 
 
 async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
-    for child in builder.store_children(context.parent, spec, context.config):
-        await context.kube.apply(child)
-    store_ready, store_message = await _store_state(context, spec)
     missing, versions = await _missing_sources(context, spec)
+    if not missing:
+        # Sources first: the store's claim outlives the resource (reclaimPolicy Retain), so
+        # a KnowledgeBase waiting for its sources must not have made one yet.
+        for child in builder.store_children(context.parent, spec, context.config):
+            await context.kube.apply(child)
+    store_ready, store_message = await _store_state(context, spec)
     uri = builder.store_uri(context.parent, spec)
     unreachable = None
     if spec.vector_store.milvus.uri is not None:
