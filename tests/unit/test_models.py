@@ -30,7 +30,7 @@ def test_knowledge_base_defaults_fit_the_default_embedding_model() -> None:
     ("data", "expected"),
     [
         (
-            {"sources": [{"name": "a", "configMap": {"name": "x"}, "git": {"url": "u"}}]},
+            {"sources": [{"name": "a", "configMap": {"name": "x"}, "git": {"url": "https://g/r"}}]},
             "spec.sources[0]: set exactly one of configMap, persistentVolumeClaim, http, git "
             "(found: configMap, git)",
         ),

@@ -16,6 +16,10 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
 # A path inside a volume: relative, no parent references.
 RELATIVE_PATH = r"^(\.|[^/.][^/]*(/[^/]+)*)$"
+# Hub model ids and revisions (`org/name`, a branch, tag or commit): no spaces, quotes, `$`,
+# nor a leading `-` that a command line could take for an option.
+HUB_ID = r"^[A-Za-z0-9_][-A-Za-z0-9_./]*$"
+NO_SPACE = r"^[^\s]+$"
 
 ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 Quantity = Annotated[str, Field(pattern=QUANTITY)]
@@ -71,11 +75,11 @@ class VolumePath(KubeModel):
 class Toleration(KubeModel):
     """A toleration, as in a pod spec."""
 
-    key: str | None = None
+    key: Annotated[str, Field(max_length=316)] | None = None
     """Taint key the toleration applies to; empty matches all keys (with operator Exists)."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """How key and value are compared."""
-    value: str | None = None
+    value: Annotated[str, Field(max_length=63)] | None = None
     """Taint value the toleration matches (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
@@ -95,11 +99,11 @@ class ResourceRequirements(KubeModel):
 class PodSettings(KubeModel):
     """Where and how the operator's workload pods run."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=NO_SPACE)] | None = None
     """Container image override; defaults to the operator's configured image for this workload."""
     resources: ResourceRequirements | None = None
     """Container resources."""
-    node_selector: dict[str, str] | None = None
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = None
     """Node labels the pods must match."""
     tolerations: list[Toleration] | None = None
     """Taints the pods tolerate."""
@@ -118,10 +122,12 @@ class PodSettings(KubeModel):
 class ModelSource(KubeModel):
     """A Phi-3 model: by name from a model hub, or from a path on a volume (air-gapped)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256)] = "microsoft/Phi-3-mini-4k-instruct"
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=HUB_ID)] = (
+        "microsoft/Phi-3-mini-4k-instruct"
+    )
     """Model name on the model hub, e.g. `microsoft/Phi-3-mini-4k-instruct`. Ignored when `pvc`
     is set, except as the model's display name."""
-    revision: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    revision: Annotated[str, Field(min_length=1, max_length=128, pattern=HUB_ID)] | None = None
     """Hub revision (branch, tag or commit) to pin."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a model-hub access token; mounted as a file, never put in env or logs."""

@@ -13,6 +13,7 @@ from phiops_operator.models.base import (
     LocalObjectRef,
     ModelSource,
     PodSettings,
+    ResourceName,
     VolumePath,
     exactly_one,
     unique_names,
@@ -40,7 +41,7 @@ class Adapter(KubeModel):
 class KnowledgeBaseRef(KubeModel):
     """Retrieval-augmented generation from a KnowledgeBase."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: ResourceName
     """Name of the KnowledgeBase in the same namespace."""
     top_k: Annotated[int, Field(ge=1, le=100)] = 4
     """Chunks retrieved per question."""
