@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("phiops_finetune.preflight")
+# What a model folder holds once copied whole (the pre-flight needs the tokenizer only).
+MODEL_FOLDER_FILES = ("config.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -93,8 +95,15 @@ def missing_inputs(config: TrainJobConfig) -> list[str]:
     exist must not reach transformers, which would take its path for a hub repo id."""
     missing = []
     model = config.base_model.path
-    if model is not None and not (Path(model).is_dir() and any(Path(model).iterdir())):
-        missing.append(f"the base model folder {model} (spec.baseModel.pvc) is missing or empty")
+    if model is not None:
+        # Both written last by save_pretrained of the model and of its tokenizer: a folder
+        # still being copied waits rather than fails.
+        absent = [f for f in MODEL_FOLDER_FILES if not (Path(model) / f).is_file()]
+        if absent:
+            missing.append(
+                f"the base model folder {model} (spec.baseModel.pvc) is missing or incomplete "
+                f"(no {', '.join(absent)})"
+            )
     data = config.dataset.path
     if not data.startswith(("http://", "https://")) and not Path(data).is_file():
         missing.append(f"the dataset file {data} (spec.dataset) is missing")
