@@ -10,7 +10,6 @@ from urllib.parse import urlparse
 
 import kopf
 from phiops_workload.knowledge import REASON_EMBEDDING_FAILED
-from pydantic import ValidationError
 
 from phiops_operator import GROUP, VERSION, metrics
 from phiops_operator.builders import knowledge_base as builder
@@ -25,6 +24,7 @@ from phiops_operator.reconcile import (
 )
 from phiops_operator.status import knowledge_base as status
 from phiops_operator.units import parse_duration, parse_time
+from phiops_operator.validation import InvalidSpec, validate
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
 TIMER_SECONDS = 5
@@ -231,9 +231,10 @@ async def delete_knowledge_base(
     namespace, name = body.meta["namespace"], body.meta["name"]
     metrics.forget_knowledge_base(namespace, name)
     try:
-        spec = KnowledgeBaseSpec.model_validate(dict(body.spec))
-    except ValidationError:
-        return  # never valid, so nothing was made
+        spec = validate(KNOWLEDGE_BASE, name, body.spec)
+    except InvalidSpec:
+        return  # never valid (spec or name), so nothing was made
+    assert isinstance(spec, KnowledgeBaseSpec)
     if spec.reclaim_policy != "Delete" or spec.vector_store.milvus.uri is None:
         return
     context = Context(memo["kube"], memo["config"], plain_parent(body), memo, logger)
