@@ -6,6 +6,7 @@ inputs that appear late: the resources waiting for them go ahead by themselves."
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -144,10 +145,12 @@ def test_accepted_resources_reach_their_state_within_10_s(applied: dict[str, Any
             obj = applied["latest"].get(name) or {}
             late.append(f"{doc['kind']}/{name}: {took} s, Ready={ready(obj)}")
     assert not late, "\n".join(late)
+    # To the real stderr: Kopf's runner (click's CliRunner) holds sys.stdout meanwhile.
     print(
         f"\n{len(CORPUS)} files applied in {applied['applied_in']:.1f} s; "
         f"{len(applied['reached'])} accepted reached their state at most "
-        f"{max(applied['reached'].values()):.1f} s after their creation"
+        f"{max(applied['reached'].values()):.1f} s after their creation",
+        file=sys.__stderr__,
     )
 
 
@@ -185,9 +188,14 @@ def test_no_reconcile_loop_and_still_nothing_created(
 def test_nothing_is_left_after_deletion(applied: dict[str, Any], crds: Cluster) -> None:
     objs = items(crds, NS, CUSTOM_KINDS)
     crds.kubectl("delete", "-n", NS, CUSTOM_KINDS, "--all", "--wait=false")
-    helpers.eventually(
-        lambda: not items(crds, NS, CUSTOM_KINDS), timeout=60, what="the corpus to be deleted"
-    )
+    # Generous: Kopf runs each deletion (finalizer) in turn, slowly on a loaded machine.
+    deadline = time.monotonic() + 180
+    while (left := items(crds, NS, CUSTOM_KINDS)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, [
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("finalizers"), o.get("status"))
+        for o in left
+    ]
     assert children_of(crds, NS, objs) == []
     assert items(crds, NS, "persistentvolumeclaims,jobs,deployments,services") == []
 
