@@ -17,13 +17,14 @@ from pydantic import BaseModel
 
 from phiops_operator import GROUP, VERSION, conditions, metrics
 from phiops_operator.config import OperatorConfig
-from phiops_operator.k8s import Kube, KubeError
+from phiops_operator.k8s import Kube, KubeError, Rejected
 from phiops_operator.metrics import observe_reconcile
 from phiops_operator.models.kinds import Kind
 from phiops_operator.status.common import ACCEPTED, invalid_spec
 from phiops_operator.validation import InvalidSpec, validate
 
 RETRY_DELAY_SECONDS = 15
+REJECTED_RETRY_SECONDS = 300
 StatusUpdate = tuple[Sequence[conditions.Observation], dict[str, Any]]
 
 
@@ -117,6 +118,11 @@ async def reconcile(
             except KubeError as err:
                 outcome.result = "retry"
                 raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+            except Rejected as err:
+                # A child validation did not foresee: on the resource, not only in the log.
+                write(conditions.stalled("ChildRejected", str(err)), {})
+                outcome.result = "retry"
+                raise kopf.TemporaryError(str(err), delay=REJECTED_RETRY_SECONDS) from err
             write(observed, fields)
             outcome.result = "success"
 
