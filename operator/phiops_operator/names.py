@@ -13,17 +13,31 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from phiops_operator.builders import fine_tune_job as ftj_builder
 from phiops_operator.builders import knowledge_base as kb_builder
 from phiops_operator.builders import phi_deployment as pd_builder
 from phiops_operator.builders.common import child_name
+from phiops_operator.models.fine_tune_job import FineTuneJobSpec
 from phiops_operator.models.kinds import FINE_TUNE_JOB, KNOWLEDGE_BASE, PHI_DEPLOYMENT, Kind
+from phiops_operator.models.knowledge_base import Sync
 
 LABEL_VALUE_MAX = 63  # label values, and so the names of Jobs (their pods' job-name label)
 DNS_LABEL_MAX = 63  # Service names (RFC 1035 labels)
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_BACKOFF_LIMIT = 100  # FineTuneJobSpec.backoff_limit's bound: the highest attempt number
-MAX_SHARD = 63  # KnowledgeBaseSpec.sync.parallelism's bound, less one
+
+
+def _upper_bound(model: type[BaseModel], field: str) -> int:
+    """The `le` bound a model declares for `field` (so the limits follow the models)."""
+    for item in model.model_fields[field].metadata:
+        if isinstance(getattr(item, "le", None), int):
+            return int(item.le)
+    raise ValueError(f"{model.__name__}.{field} declares no upper bound")
+
+
+MAX_ATTEMPT = _upper_bound(FineTuneJobSpec, "backoff_limit")  # attempts are numbered 0..limit
+MAX_SHARD = _upper_bound(Sync, "parallelism") - 1
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ DERIVED: dict[str, list[DerivedName]] = {
         ),
         DerivedName(
             "the last training attempt's Job",
-            lambda n: ftj_builder.train_job_name(n, MAX_BACKOFF_LIMIT),
+            lambda n: ftj_builder.train_job_name(n, MAX_ATTEMPT),
             LABEL_VALUE_MAX,
         ),
     ],
