@@ -16,6 +16,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
 SAMPLES_DIR = CRD_DIR / "samples"
+INPUTS_DIR = REPO / "tests" / "inputs"
+EXPECT = "test.phiops.dev/expect"  # rejected (by the API server), invalid or waiting
+EXPECT_FIELD = "test.phiops.dev/field"  # what the error or condition message must name
+EXPECT_REASON = "test.phiops.dev/reason"  # the Ready reason of a waiting resource
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -29,6 +33,13 @@ def samples() -> list[dict[str, Any]]:
         for path in sorted(SAMPLES_DIR.glob("*.yaml"))
         for doc in load_all(path)
         if doc["apiVersion"].startswith("phiops.dev/")
+    ]
+
+
+def hostile_inputs() -> list[tuple[str, dict[str, Any]]]:
+    """(file stem, resource) of every file of the hostile-input corpus in tests/inputs/."""
+    return [
+        (path.stem, doc) for path in sorted(INPUTS_DIR.glob("*.yaml")) for doc in load_all(path)
     ]
 
 

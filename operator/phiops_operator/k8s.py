@@ -8,6 +8,7 @@ so re-running a handler after a crash converges instead of duplicating.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -46,6 +47,19 @@ log = logging.getLogger(__name__)
 class KubeError(Exception):
     """An API call failed in a way a retry later may fix (the handler turns it into a
     kopf.TemporaryError)."""
+
+
+class Rejected(Exception):
+    """The API server refused a child as invalid (422): retrying the same manifest cannot
+    help until the resource changes; the message says which child and why."""
+
+
+def _refusal(err: ApiException) -> str:
+    try:
+        text = str(json.loads(err.body or "{}").get("message") or err.reason)
+    except ValueError:
+        text = str(err.reason)
+    return text[:1000]
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
@@ -136,6 +150,10 @@ class Kube:
             if err.status in RETRYABLE:
                 raise KubeError(
                     f"applying {manifest['kind']} {meta['name']}: {err.reason}"
+                ) from err
+            if err.status == 422:
+                raise Rejected(
+                    f"the API server refused {manifest['kind']} {meta['name']}: {_refusal(err)}"
                 ) from err
             raise
         self.children.applied(manifest, result)

@@ -13,16 +13,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from phiops_operator import GROUP, VERSION, conditions, metrics
 from phiops_operator.config import OperatorConfig
-from phiops_operator.errors import describe
-from phiops_operator.k8s import Kube
+from phiops_operator.k8s import Kube, Rejected
 from phiops_operator.metrics import observe_reconcile
 from phiops_operator.models.kinds import Kind
 from phiops_operator.status.common import ACCEPTED, invalid_spec
+from phiops_operator.validation import InvalidSpec, validate
 
+# A child the API server refuses as invalid is tried again this late (a change of the
+# resource tries at once).
+REJECTED_RETRY_SECONDS = 300
 StatusUpdate = tuple[Sequence[conditions.Observation], dict[str, Any]]
 InputRef = tuple[str, str]  # (kind, name) in the resource's namespace
 
@@ -76,10 +77,6 @@ def register(kind: Kind, step: Step, inputs: Inputs = lambda spec: set()) -> Non
     """`step` reconciles `kind`; `inputs(spec)` names the objects (ConfigMaps, claims, other
     phiops resources) whose changes it must see."""
     REGISTRY[kind.plural] = Registration(kind, step, inputs)
-
-
-def parse_spec(kind: Kind, spec: Mapping[str, Any]) -> BaseModel:
-    return kind.spec.model_validate(dict(spec))
 
 
 def plain_parent(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,15 +146,21 @@ async def reconcile(
         return None, None
     with observe_reconcile(kind.kind) as outcome:
         try:
-            spec = parse_spec(kind, body.get("spec") or {})
-        except ValidationError as err:
-            message = describe(err)
+            spec = validate(kind, meta["name"], body.get("spec") or {})
+        except InvalidSpec as err:
+            message = str(err)
             logger.error(f"InvalidSpec: {message}")
             outcome.result = "invalid"
             return await _write(kube, kind, body, invalid_spec(message), {}), None
         context = Context(kube, config, plain_parent(body), memo, logger)
         outcome.result = "retry"  # until the step and the write are through
-        observed, fields = await registration.step(context, spec)
+        try:
+            observed, fields = await registration.step(context, spec)
+        except Rejected as err:
+            # A child validation did not foresee: on the resource, not only in the log.
+            logger.error(f"ChildRejected: {err}")
+            observed, fields = conditions.stalled("ChildRejected", str(err)), {}
+            context.hints.again_in(REJECTED_RETRY_SECONDS)
         written = await _write(kube, kind, body, observed, fields)
         outcome.result = "success"
     ready = next((o for o in observed if o.type == conditions.READY), None)

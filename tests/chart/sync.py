@@ -671,7 +671,9 @@ def fixture_objects() -> dict[str, dict[str, Any]]:
         "FineTuneJob",
         "support-tone",
         1,
-        status(ftj_obs(missing_inputs=["dataset ConfigMap support-dataset"]), 1),
+        status(
+            ftj_obs(missing_inputs=["ConfigMap support-dataset (spec.dataset.configMap.name)"]), 1
+        ),
     )
     # Phase alone (no conditions, as an older operator might leave it): the phase decides.
     out["finetunejob-failed-phase-only"] = _object(

@@ -31,7 +31,8 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "finetunejob-running": ("Progressing", "InProgress"),
     "finetunejob-succeeded": ("Healthy", "Current"),
     "finetunejob-invalid-dataset": ("Degraded", "Failed"),
-    "finetunejob-input-missing": ("Degraded", "Failed"),
+    # Waiting for an input that may be applied a moment later: in progress, not failed.
+    "finetunejob-input-missing": ("Progressing", "InProgress"),
     # Not a shape this operator writes (it always writes conditions): for Argo CD the phase
     # alone decides; kstatus has nothing to go by.
     "finetunejob-failed-phase-only": ("Degraded", None),

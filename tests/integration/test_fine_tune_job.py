@@ -267,3 +267,5 @@ def test_invalid_dataset_fails_in_preflight_with_line_numbers(models: Cluster) -
         "get", "jobs", "-n", NS, "-l", "app.kubernetes.io/instance=broken-data", "-o", "name"
     )
     assert jobs.split() == ["job.batch/broken-data-preflight"]
+    # A job that never trains makes no output claim (one under Retain would be left behind).
+    assert get(models, "pvc", "broken-data-output") is None

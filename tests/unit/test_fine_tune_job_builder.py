@@ -57,15 +57,19 @@ def test_trainer_may_update_only_its_progress_config_map() -> None:
 
 
 def test_output_claim_follows_the_reclaim_policy() -> None:
-    kept = children(spec())[("PersistentVolumeClaim", "tone-output")]
+    kept = ftj.output_claim(PARENT, spec())
+    assert kept is not None and kept["metadata"]["name"] == "tone-output"
     assert "ownerReferences" not in kept["metadata"]
-    dropped = children(spec(output={"reclaimPolicy": "Delete"}))[
-        ("PersistentVolumeClaim", "tone-output")
-    ]
-    assert dropped["metadata"]["ownerReferences"][0]["uid"] == "u-9"
-    assert ("PersistentVolumeClaim", "tone-output") not in children(
-        spec(output={"pvc": {"claimName": "mine"}})
-    )
+    dropped = ftj.output_claim(PARENT, spec(output={"reclaimPolicy": "Delete"}))
+    assert dropped is not None and dropped["metadata"]["ownerReferences"][0]["uid"] == "u-9"
+    assert ftj.output_claim(PARENT, spec(output={"pvc": {"claimName": "mine"}})) is None
+
+
+def test_setup_children_are_all_owned_and_leave_the_output_claim_out() -> None:
+    # A job that never trains (inputs missing or invalid) leaves nothing behind.
+    built = children(spec())
+    assert all(kind != "PersistentVolumeClaim" for kind, _ in built)
+    assert all(c["metadata"]["ownerReferences"][0]["uid"] == "u-9" for c in built.values())
 
 
 def test_training_attempt_asks_for_gpus_and_tolerates_the_gpu_taint() -> None:

@@ -3,6 +3,7 @@
 from typing import Any
 
 from phiops_operator.status.fine_tune_job import (
+    PREFLIGHT_RETRY_SECONDS,
     FineTuneObservation,
     StepObservation,
     compute,
@@ -54,6 +55,35 @@ def test_invalid_dataset_never_reaches_a_gpu() -> None:
     conds, _ = compute(obs(preflight=failed))
     assert ready(obs(preflight=failed)) == ("False", "InvalidDataset", "Failed")
     assert "line 2" in conds[0].message
+
+
+def test_missing_inputs_are_a_waiting_state() -> None:
+    waiting = obs(missing_inputs=["ConfigMap chat (spec.dataset.configMap.name)"])
+    assert next_action(waiting) == ("none", 0)
+    assert ready(waiting) == ("False", "WaitingForInputs", "Pending")
+    conds, _ = compute(waiting)
+    stalled = next(c for c in conds if c.type == "Stalled")
+    assert stalled.status == "False"  # nothing is wrong: kstatus must not call it failed
+    assert "spec.dataset.configMap.name" in conds[0].message
+
+
+def test_a_preflight_missing_an_input_on_its_volume_runs_again_after_a_while() -> None:
+    # The base model folder is copied a moment after the job was applied.
+    missing = StepObservation(
+        "p",
+        "failed",
+        WorkloadResult(
+            outcome="Failed",
+            reason="WaitingForInputs",
+            message="the base model folder /phiops/model/tiny (spec.baseModel.pvc) is missing",
+        ),
+        finished="2026-01-01T00:00:00Z",
+    )
+    finished = 1767225600.0
+    assert next_action(obs(preflight=missing, now=finished + 1)) == ("none", 0)
+    due = finished + PREFLIGHT_RETRY_SECONDS
+    assert next_action(obs(preflight=missing, now=due)) == ("retry-preflight", 0)
+    assert ready(obs(preflight=missing, now=due)) == ("False", "WaitingForInputs", "Pending")
 
 
 def test_failed_attempts_retry_within_the_budget_but_oom_never() -> None:

@@ -79,6 +79,7 @@ def test_failed_sync_reports_the_workload_reason() -> None:
 def test_missing_source_store_and_unreachable_milvus() -> None:
     missing = KnowledgeBaseObservation(**BASE, missing_sources=["ConfigMap docs (source a)"])
     assert reasons(missing)["Ready"] == ("False", "SourceNotFound")
+    assert reasons(missing)["Stalled"][0] == "False"  # waiting, not failed
     assert "ConfigMap docs" in compute(missing)[0][0].message
     starting = KnowledgeBaseObservation(**BASE, store_ready=False)
     assert reasons(starting)["Reconciling"] == ("True", "StoreStarting")

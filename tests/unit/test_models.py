@@ -30,7 +30,7 @@ def test_knowledge_base_defaults_fit_the_default_embedding_model() -> None:
     ("data", "expected"),
     [
         (
-            {"sources": [{"name": "a", "configMap": {"name": "x"}, "git": {"url": "u"}}]},
+            {"sources": [{"name": "a", "configMap": {"name": "x"}, "git": {"url": "https://g/r"}}]},
             "spec.sources[0]: set exactly one of configMap, persistentVolumeClaim, http, git "
             "(found: configMap, git)",
         ),
@@ -57,7 +57,7 @@ def test_knowledge_base_defaults_fit_the_default_embedding_model() -> None:
                     {"name": "a", "configMap": {"name": "y"}},
                 ]
             },
-            "sources: names must be unique (repeated: a)",
+            "spec.sources[1].name: 'a' is already taken by spec.sources[0].name",
         ),
         (
             {
@@ -129,7 +129,7 @@ def test_fine_tune_job_rejects_with_the_field_named(data: dict[str, Any], expect
                     {"name": "a", "fineTuneJobRef": {"name": "j"}},
                 ]
             },
-            "adapters: names must be unique (repeated: a)",
+            "spec.adapters[1].name: 'a' is already taken by spec.adapters[0].name",
         ),
         (
             {"prompt": {"contextTemplate": "no placeholder"}},

@@ -15,6 +15,9 @@ from phiops_workload.contracts import ResourceIdentity
 
 # Exit codes the operator tells apart (see runtime.py for the shared ones).
 EXIT_INVALID_DATASET = 4
+# An input on a volume (the base model folder, the dataset file) is not there yet: the
+# operator runs the pre-flight again later instead of failing the job.
+EXIT_INPUT_NOT_READY = 5
 
 REASON_INVALID_DATASET = "InvalidDataset"
 REASON_GPU_OOM = "GPUOutOfMemory"
@@ -22,6 +25,7 @@ REASON_TRAINING_FAILED = "TrainingFailed"
 REASON_MODEL_UNAVAILABLE = "BaseModelUnavailable"
 REASON_PREFLIGHT_PASSED = "PreflightPassed"
 REASON_TRAINED = "Trained"
+REASON_WAITING_FOR_INPUTS = "WaitingForInputs"
 
 PROGRESS_KEY = "progress.json"
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phiops_workload.contracts import TERMINATION_MESSAGE_LIMIT, WorkloadResult
 from phiops_workload.finetune import (
+    EXIT_INPUT_NOT_READY,
     REASON_MODEL_UNAVAILABLE,
     REASON_PREFLIGHT_PASSED,
+    REASON_WAITING_FOR_INPUTS,
     PreflightFigures,
     TrainJobConfig,
 )
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("phiops_finetune.preflight")
+# What a model folder holds once copied whole (the pre-flight needs the tokenizer only).
+MODEL_FOLDER_FILES = ("config.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -85,7 +90,30 @@ def describe(p: Plan, config: TrainJobConfig) -> str:
     )
 
 
+def missing_inputs(config: TrainJobConfig) -> list[str]:
+    """Inputs on mounted volumes that are not there (yet). A local model folder that does not
+    exist must not reach transformers, which would take its path for a hub repo id."""
+    missing = []
+    model = config.base_model.path
+    if model is not None:
+        # Both written last by save_pretrained of the model and of its tokenizer: a folder
+        # still being copied waits rather than fails.
+        absent = [f for f in MODEL_FOLDER_FILES if not (Path(model) / f).is_file()]
+        if absent:
+            missing.append(
+                f"the base model folder {model} (spec.baseModel.pvc) is missing or incomplete "
+                f"(no {', '.join(absent)})"
+            )
+    data = config.dataset.path
+    if not data.startswith(("http://", "https://")) and not Path(data).is_file():
+        missing.append(f"the dataset file {data} (spec.dataset) is missing")
+    return missing
+
+
 def run(config: TrainJobConfig) -> WorkloadResult:
+    missing = missing_inputs(config)
+    if missing:
+        raise WorkloadError(REASON_WAITING_FOR_INPUTS, "; ".join(missing), EXIT_INPUT_NOT_READY)
     data = dataset.read_bytes(config.dataset.path)
     p = plan(config, tokenizer_for(config), data)
     message = describe(p, config)

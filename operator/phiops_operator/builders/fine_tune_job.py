@@ -116,29 +116,31 @@ def train_config(parent: Mapping[str, Any], spec: FineTuneJobSpec) -> TrainJobCo
     )
 
 
+def output_claim(parent: Mapping[str, Any], spec: FineTuneJobSpec) -> dict[str, Any] | None:
+    """The claim the operator makes for the adapter (None when the spec names one). Made
+    only when the first training attempt starts: under reclaimPolicy Retain it is not owned,
+    so one made for a job that never trains would be left behind."""
+    if spec.output.pvc is not None:
+        return None
+    output = spec.output
+    return claim(
+        parent, OUTPUT_COMPONENT, output.size, output.storage_class_name, output.reclaim_policy
+    )
+
+
 def setup_children(
     parent: Mapping[str, Any], spec: FineTuneJobSpec, config: OperatorConfig
 ) -> list[dict[str, Any]]:
-    """Everything the Jobs need, applied before (and never after) training starts."""
+    """Everything the pre-flight and training Jobs need, all owned by the FineTuneJob;
+    applied before (and never after) training starts. The output claim is not among them."""
     name = parent["metadata"]["name"]
-    children: list[dict[str, Any]] = []
-    if spec.output.pvc is None:
-        children.append(
-            claim(
-                parent,
-                OUTPUT_COMPONENT,
-                spec.output.size,
-                spec.output.storage_class_name,
-                spec.output.reclaim_policy,
-            )
-        )
-    children.append(
+    children: list[dict[str, Any]] = [
         config_map(
             parent,
             CONFIG_COMPONENT,
             {"config.json": train_config(parent, spec).model_dump(mode="json")},
         )
-    )
+    ]
     progress = config_map(parent, PROGRESS_COMPONENT, {})
     progress["data"] = {PROGRESS_KEY: "{}"}
     children.append(progress)

@@ -29,21 +29,27 @@ from phiops_operator.units import parse_quantity, parse_time
 
 
 async def _missing_inputs(context: Context, spec: FineTuneJobSpec) -> list[str]:
+    """Inputs the API can show missing, each with the field naming it."""
     kube, ns, missing = context.kube, context.namespace, []
     dataset = spec.dataset
     if dataset.config_map is not None:
-        found = await kube.get("v1", "ConfigMap", ns, dataset.config_map.name)
+        ref = dataset.config_map
+        found = await kube.get("v1", "ConfigMap", ns, ref.name)
         if found is None:
-            missing.append(f"dataset ConfigMap {dataset.config_map.name}")
-        elif dataset.config_map.key not in (found.get("data") or {}):
-            missing.append(f"key {dataset.config_map.key} in ConfigMap {dataset.config_map.name}")
-    claims = [("dataset", dataset.pvc), ("model", spec.base_model.pvc), ("output", spec.output.pvc)]
-    for what, ref in claims:
+            missing.append(f"ConfigMap {ref.name} (spec.dataset.configMap.name)")
+        elif ref.key not in (found.get("data") or {}):
+            missing.append(f"key {ref.key} in ConfigMap {ref.name} (spec.dataset.configMap.key)")
+    claims = [
+        ("spec.dataset.pvc", dataset.pvc),
+        ("spec.baseModel.pvc", spec.base_model.pvc),
+        ("spec.output.pvc", spec.output.pvc),
+    ]
+    for field, claim in claims:
         if (
-            ref is not None
-            and await kube.get("v1", "PersistentVolumeClaim", ns, ref.claim_name) is None
+            claim is not None
+            and await kube.get("v1", "PersistentVolumeClaim", ns, claim.claim_name) is None
         ):
-            missing.append(f"{what} PersistentVolumeClaim {ref.claim_name}")
+            missing.append(f"PersistentVolumeClaim {claim.claim_name} ({field}.claimName)")
     return missing
 
 
@@ -112,7 +118,9 @@ def _record_metrics(
 
 async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
     attempts = await _attempts(context)
-    if not attempts:
+    # Inputs first: a job waiting for them creates nothing (nothing to leave behind).
+    missing = await _missing_inputs(context, spec) if not attempts else []
+    if not attempts and not missing:
         # Once training started nothing is re-rendered: the spec is immutable from then on.
         for child in builder.setup_children(context.parent, spec, context.config):
             await context.kube.apply(child)
@@ -137,19 +145,31 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
             training.gradient_checkpointing,
         ),
         declared_gpu_bytes=int(parse_quantity(declared)) if declared else None,
-        missing_inputs=await _missing_inputs(context, spec) if not attempts else (),
+        missing_inputs=missing,
         preflight=preflight,
         attempts=attempts,
         progress=await _progress(context) if attempts else None,
         output=builder.output_location(context.name, spec),
+        now=time.time(),
     )
     action, attempt = status.next_action(observation)
+    if action == "none" and (wait := status.preflight_retry_in(observation)) is not None:
+        context.hints.again_in(wait + 0.5)
     if action == "preflight":
         await context.kube.apply(builder.preflight_job(context.parent, spec, context.config))
         context.logger.info("pre-flight started: validating the dataset")
         started = status.StepObservation(name=preflight_name, state="active")
         observation = replace(observation, preflight=started)
+    elif action == "retry-preflight":
+        # The next reconcile finds no pre-flight and starts a fresh one.
+        await context.kube.delete(
+            "batch/v1", "Job", context.namespace, preflight_name, "Foreground"
+        )
+        context.logger.info("pre-flight found inputs missing: checking again")
     elif action == "train":
+        claim = builder.output_claim(context.parent, spec) if attempt == 0 else None
+        if claim is not None:
+            await context.kube.apply(claim)
         job = builder.train_job(context.parent, spec, context.config, attempt)
         await context.kube.apply(job)
         context.logger.info(f"training attempt {attempt} started")

@@ -12,7 +12,6 @@ from urllib.parse import urlparse
 
 import kopf
 from phiops_workload.knowledge import REASON_EMBEDDING_FAILED
-from pydantic import ValidationError
 
 from phiops_operator import GROUP, VERSION, metrics
 from phiops_operator.builders import knowledge_base as builder
@@ -29,6 +28,7 @@ from phiops_operator.reconcile import (
 )
 from phiops_operator.status import knowledge_base as status
 from phiops_operator.units import parse_duration, parse_time
+from phiops_operator.validation import InvalidSpec, validate
 
 SYNC_REQUEST_ANNOTATION = f"{GROUP}/sync-requested"
 # An external Milvus that does not answer is tried again after 5 s, then twice as long each
@@ -45,13 +45,15 @@ async def _missing_sources(
     """Sources that do not exist, and the resourceVersions of the ConfigMaps that do (an
     edited document is a new version, hence a new sync)."""
     missing, versions = [], {}
-    for source in spec.sources:
+    for index, source in enumerate(spec.sources):
         if source.config_map is not None:
             found = await context.kube.get(
                 "v1", "ConfigMap", context.namespace, source.config_map.name
             )
             if found is None:
-                missing.append(f"ConfigMap {source.config_map.name} (source {source.name})")
+                missing.append(
+                    f"ConfigMap {source.config_map.name} (spec.sources[{index}].configMap.name)"
+                )
             else:
                 versions[source.name] = found["metadata"]["resourceVersion"]
         elif source.persistent_volume_claim is not None:
@@ -60,7 +62,10 @@ async def _missing_sources(
                 await context.kube.get("v1", "PersistentVolumeClaim", context.namespace, claim)
                 is None
             ):
-                missing.append(f"PersistentVolumeClaim {claim} (source {source.name})")
+                missing.append(
+                    f"PersistentVolumeClaim {claim} "
+                    f"(spec.sources[{index}].persistentVolumeClaim.claimName)"
+                )
     return missing, versions
 
 
@@ -177,12 +182,15 @@ def _record_metrics(
 
 
 async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
-    for child in builder.store_children(context.parent, spec, context.config):
-        await context.kube.apply(child)
-    policies = builder.network_policies(context.parent, spec, context.config)
-    await sync_network_policies(context, policies)
-    store_ready, store_message = await _store_state(context, spec)
     missing, versions = await _missing_sources(context, spec)
+    if not missing:
+        # Sources first: the store's claim outlives the resource (reclaimPolicy Retain), so
+        # a KnowledgeBase waiting for its sources must not have made one yet.
+        for child in builder.store_children(context.parent, spec, context.config):
+            await context.kube.apply(child)
+        policies = builder.network_policies(context.parent, spec, context.config)
+        await sync_network_policies(context, policies)
+    store_ready, store_message = await _store_state(context, spec)
     uri = builder.store_uri(context.parent, spec)
     unreachable = None
     if spec.vector_store.milvus.uri is not None:
@@ -254,9 +262,10 @@ async def delete_knowledge_base(
     namespace, name = body.meta["namespace"], body.meta["name"]
     metrics.forget_knowledge_base(namespace, name)
     try:
-        spec = KnowledgeBaseSpec.model_validate(dict(body.spec))
-    except ValidationError:
-        return  # never valid, so nothing was made
+        spec = validate(KNOWLEDGE_BASE, name, body.spec)
+    except InvalidSpec:
+        return  # never valid (spec or name), so nothing was made
+    assert isinstance(spec, KnowledgeBaseSpec)
     if spec.reclaim_policy != "Delete" or spec.vector_store.milvus.uri is None:
         return
     context = Context(memo["kube"], memo["config"], plain_parent(body), memo, logger)

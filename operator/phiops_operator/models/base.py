@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from phiops_operator.errors import FieldError
+
 # Kubernetes object names (RFC 1123 subdomain) and labels (RFC 1123 label).
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -14,6 +16,10 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
 # A path inside a volume: relative, no parent references.
 RELATIVE_PATH = r"^(\.|[^/.][^/]*(/[^/]+)*)$"
+# Hub model ids and revisions (`org/name`, a branch, tag or commit): no spaces, quotes, `$`,
+# nor a leading `-` that a command line could take for an option.
+HUB_ID = r"^[A-Za-z0-9_][-A-Za-z0-9_./]*$"
+NO_SPACE = r"^[^\s]+$"
 
 ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 Quantity = Annotated[str, Field(pattern=QUANTITY)]
@@ -69,11 +75,11 @@ class VolumePath(KubeModel):
 class Toleration(KubeModel):
     """A toleration, as in a pod spec."""
 
-    key: str | None = None
+    key: Annotated[str, Field(max_length=316)] | None = None
     """Taint key the toleration applies to; empty matches all keys (with operator Exists)."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """How key and value are compared."""
-    value: str | None = None
+    value: Annotated[str, Field(max_length=63)] | None = None
     """Taint value the toleration matches (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
@@ -93,11 +99,11 @@ class ResourceRequirements(KubeModel):
 class PodSettings(KubeModel):
     """Where and how the operator's workload pods run."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=NO_SPACE)] | None = None
     """Container image override; defaults to the operator's configured image for this workload."""
     resources: ResourceRequirements | None = None
     """Container resources."""
-    node_selector: dict[str, str] | None = None
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = None
     """Node labels the pods must match."""
     tolerations: list[Toleration] | None = None
     """Taints the pods tolerate."""
@@ -116,10 +122,12 @@ class PodSettings(KubeModel):
 class ModelSource(KubeModel):
     """A Phi-3 model: by name from a model hub, or from a path on a volume (air-gapped)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256)] = "microsoft/Phi-3-mini-4k-instruct"
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=HUB_ID)] = (
+        "microsoft/Phi-3-mini-4k-instruct"
+    )
     """Model name on the model hub, e.g. `microsoft/Phi-3-mini-4k-instruct`. Ignored when `pvc`
     is set, except as the model's display name."""
-    revision: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    revision: Annotated[str, Field(min_length=1, max_length=128, pattern=HUB_ID)] | None = None
     """Hub revision (branch, tag or commit) to pin."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a model-hub access token; mounted as a file, never put in env or logs."""
@@ -167,3 +175,16 @@ def exactly_one(model: BaseModel, *fields: str) -> None:
         names = ", ".join(type(model).model_fields[f].alias or f for f in fields)
         found = ", ".join(type(model).model_fields[f].alias or f for f in set_fields) or "none"
         raise ValueError(f"set exactly one of {names} (found: {found})")
+
+
+def unique_names(field: str, names: list[str], taken: dict[str, str] | None = None) -> None:
+    """Raise a FieldError at the first `spec.<field>[i].name` that repeats an earlier one
+    or one of `taken` (name -> the field that already holds it). For spec-level lists."""
+    seen = dict(taken or {})
+    for index, name in enumerate(names):
+        if name in seen:
+            raise FieldError(
+                (field, index, "name"),
+                f"{name!r} is already taken by {seen[name]}; names must be unique",
+            )
+        seen[name] = f"spec.{field}[{index}].name"

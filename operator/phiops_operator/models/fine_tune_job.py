@@ -19,6 +19,8 @@ from phiops_operator.models.base import (
 
 # Phi-3 fuses q/k/v and gate/up: generic defaults (q_proj, v_proj) match nothing on it.
 PHI3_TARGET_MODULES = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+# More optimizer steps than any real run takes: a bound the API server can check.
+MAX_STEPS = 10_000_000
 
 
 class ConfigMapKey(KubeModel):
@@ -63,7 +65,8 @@ class LoraSettings(KubeModel):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     """Dropout on the adapter's input."""
     target_modules: Annotated[
-        list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]], Field(min_length=1)
+        list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", max_length=128)]],
+        Field(min_length=1, max_length=64),
     ] = Field(default_factory=lambda: list(PHI3_TARGET_MODULES))
     """Modules that get adapters; defaults to Phi-3's fused projection names."""
 
@@ -84,7 +87,7 @@ class Training(KubeModel):
 
     epochs: Annotated[float, Field(gt=0, le=1000)] = 1.0
     """Passes over the training split (ignored when maxSteps is set)."""
-    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     """Stop after this many optimizer steps."""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
     """Peak learning rate."""
@@ -100,13 +103,13 @@ class Training(KubeModel):
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     packing: bool = False
     """Pack several short records into one sequence."""
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     """Random seed."""
-    eval_steps: Annotated[int, Field(ge=1)] | None = None
+    eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     """Evaluate every N steps (needs a validation split); at each epoch end when empty."""
-    save_steps: Annotated[int, Field(ge=1)] = 50
+    save_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 50
     """Checkpoint every N steps; a restarted pod resumes from the last checkpoint."""
-    logging_steps: Annotated[int, Field(ge=1)] = 10
+    logging_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 10
     """Report progress every N steps."""
 
 
@@ -158,7 +161,7 @@ class FineTuneJobSpec(KubeModel):
     """GPU, placement and image of the training pod."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
     """Retries after a pod failure (eviction, preemption, node loss); out-of-memory burns none."""
-    active_deadline_seconds: Annotated[int, Field(ge=60)] | None = None
+    active_deadline_seconds: Annotated[int, Field(ge=60, le=366 * 24 * 3600)] | None = None
     """Fail the job when training takes longer than this."""
     output: Output = Field(default_factory=Output)
     """Where the adapter goes."""

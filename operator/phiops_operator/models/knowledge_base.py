@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from phiops_operator.models.base import (
     DNS_LABEL,
+    HUB_ID,
     RELATIVE_PATH,
     CommonStatus,
     Duration,
@@ -17,6 +18,7 @@ from phiops_operator.models.base import (
     ResourceName,
     SecretKeyRef,
     exactly_one,
+    unique_names,
 )
 
 # Word pieces a sentence-transformers model reads; longer chunks are cut silently.
@@ -32,7 +34,13 @@ class ConfigMapSource(KubeModel):
 
     name: ResourceName
     """Name of the ConfigMap."""
-    keys: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    keys: (
+        Annotated[
+            list[Annotated[str, Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]],
+            Field(min_length=1, max_length=1024),
+        ]
+        | None
+    ) = None
     """Only these keys; all keys when empty."""
 
 
@@ -43,9 +51,9 @@ class PvcSource(KubeModel):
     """Name of the PersistentVolumeClaim."""
     path: Annotated[str, Field(pattern=RELATIVE_PATH, max_length=1024)] = "."
     """Folder inside the volume to read, relative to its root."""
-    include: list[Glob] = Field(default_factory=lambda: ["**/*"])
+    include: Annotated[list[Glob], Field(max_length=256)] = Field(default_factory=lambda: ["**/*"])
     """Glob patterns of files to read, relative to `path`."""
-    exclude: list[Glob] | None = None
+    exclude: Annotated[list[Glob], Field(max_length=256)] | None = None
     """Glob patterns of files to skip, applied after `include`."""
 
 
@@ -59,9 +67,9 @@ class HttpSource(KubeModel):
 class GitSource(KubeModel):
     """Documents from a Git repository, for clusters with network access."""
 
-    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    url: Annotated[str, Field(pattern=r"^(https?://|ssh://|git@)[^\s]+$", max_length=2048)]
     """Repository URL (https or ssh)."""
-    ref: Annotated[str, Field(min_length=1, max_length=256)] = "main"
+    ref: Annotated[str, Field(max_length=256, pattern=HUB_ID)] = "main"
     """Branch, tag or commit to read."""
     subpath: Annotated[str, Field(pattern=RELATIVE_PATH, max_length=1024)] = "."
     """Folder inside the repository to read."""
@@ -242,10 +250,7 @@ class KnowledgeBaseSpec(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> KnowledgeBaseSpec:
-        names = [s.name for s in self.sources]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"sources: names must be unique (repeated: {', '.join(duplicates)})")
+        unique_names("sources", [s.name for s in self.sources])
         milvus = self.vector_store.milvus
         if milvus.token_secret_ref is not None and milvus.uri is None:
             raise ValueError("vectorStore.milvus.tokenSecretRef needs vectorStore.milvus.uri")

@@ -13,8 +13,10 @@ from phiops_operator.models.base import (
     LocalObjectRef,
     ModelSource,
     PodSettings,
+    ResourceName,
     VolumePath,
     exactly_one,
+    unique_names,
 )
 
 ModelId = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$", max_length=63)]
@@ -39,7 +41,7 @@ class Adapter(KubeModel):
 class KnowledgeBaseRef(KubeModel):
     """Retrieval-augmented generation from a KnowledgeBase."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: ResourceName
     """Name of the KnowledgeBase in the same namespace."""
     top_k: Annotated[int, Field(ge=1, le=100)] = 4
     """Chunks retrieved per question."""
@@ -162,10 +164,12 @@ class PhiDeploymentSpec(KubeModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> PhiDeploymentSpec:
-        names = [a.name for a in self.adapters or []]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"adapters: names must be unique (repeated: {', '.join(duplicates)})")
+        # The server lists the base and every adapter by name under /v1/models: one id each.
+        unique_names(
+            "adapters",
+            [a.name for a in self.adapters or []],
+            {self.model.name: "the base model (spec.model.name)"},
+        )
         if self.server.quantize == "nf4" and self.resources.gpus == 0:
             raise ValueError(
                 "server.quantize nf4 needs resources.gpus >= 1 (the engine loads a 4-bit base "

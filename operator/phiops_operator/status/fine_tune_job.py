@@ -12,6 +12,7 @@ from phiops_workload.finetune import (
     REASON_GPU_OOM,
     REASON_INVALID_DATASET,
     REASON_TRAINING_FAILED,
+    REASON_WAITING_FOR_INPUTS,
     PreflightFigures,
     Progress,
     TrainFigures,
@@ -23,8 +24,11 @@ from pydantic import ValidationError
 from phiops_operator import conditions
 from phiops_operator.conditions import Observation
 from phiops_operator.status.common import ACCEPTED, JobState
+from phiops_operator.units import parse_time
 
 SPEC_IMMUTABLE = "SpecImmutable"
+# A pre-flight that found an input missing on its volume runs again this long after.
+PREFLIGHT_RETRY_SECONDS = 15
 OOM_ADVICE = (
     "the training pod ran out of GPU memory; lower training.batchSize or dataset.maxSeqLength, "
     "use method qlora, or turn on training.gradientCheckpointing, then create a new FineTuneJob"
@@ -57,14 +61,35 @@ class FineTuneObservation:
     attempts: Sequence[StepObservation] = ()
     progress: Progress | None = None
     output: tuple[str, str] = ("", ".")
+    now: float = 0.0
+    """When this was observed (epoch seconds): when a waiting pre-flight may run again."""
 
 
-Action = tuple[Literal["preflight", "train", "none"], int]
+Action = tuple[Literal["preflight", "retry-preflight", "train", "none"], int]
+
+
+def _waiting(step: StepObservation | None) -> bool:
+    """The pre-flight found an input not there yet: waiting, not failed."""
+    return bool(
+        step
+        and step.state == "failed"
+        and step.result
+        and step.result.reason == REASON_WAITING_FOR_INPUTS
+    )
 
 
 def _out_of_memory(step: StepObservation) -> bool:
     reason = step.result.reason if step.result else None
     return step.exit_code == EXIT_OUT_OF_MEMORY or reason == REASON_GPU_OOM
+
+
+def preflight_retry_in(obs: FineTuneObservation) -> float | None:
+    """Seconds until a pre-flight that found its inputs missing is run again (None when no
+    pre-flight waits): the reconcile loop's deadline for it."""
+    if obs.preflight is None or not _waiting(obs.preflight):
+        return None
+    finished = parse_time(obs.preflight.finished) if obs.preflight.finished else 0.0
+    return max(0.0, finished + PREFLIGHT_RETRY_SECONDS - obs.now)
 
 
 def next_action(obs: FineTuneObservation) -> Action:
@@ -73,6 +98,10 @@ def next_action(obs: FineTuneObservation) -> Action:
         return ("none", 0)
     if obs.preflight is None:
         return ("preflight", 0)
+    if _waiting(obs.preflight):
+        finished = parse_time(obs.preflight.finished) if obs.preflight.finished else 0.0
+        due = obs.now >= finished + PREFLIGHT_RETRY_SECONDS
+        return ("retry-preflight", 0) if due else ("none", 0)
     if obs.preflight.state != "succeeded":
         return ("none", 0)
     if not obs.attempts:
@@ -173,8 +202,18 @@ def compute(obs: FineTuneObservation) -> tuple[list[Observation], dict[str, Any]
         )
         return done("Failed", conditions.stalled("InsufficientGPUMemory", message))
     if obs.missing_inputs:
-        message = f"not found: {', '.join(obs.missing_inputs)}; the operator retries on its own"
-        return done("Pending", conditions.stalled("InputNotFound", message))
+        message = (
+            f"waiting for {', '.join(obs.missing_inputs)}; nothing is created until they exist, "
+            "then the job starts by itself"
+        )
+        return done("Pending", conditions.reconciling(REASON_WAITING_FOR_INPUTS, message))
+    if _waiting(obs.preflight):
+        assert obs.preflight is not None and obs.preflight.result is not None
+        message = (
+            f"{obs.preflight.result.message}; the pre-flight checks again every "
+            f"{PREFLIGHT_RETRY_SECONDS}s"
+        )
+        return done("Pending", conditions.reconciling(REASON_WAITING_FOR_INPUTS, message))
     if obs.preflight is None or obs.preflight.state == "active":
         return done("Validating", conditions.reconciling("Validating", "validating the dataset"))
     if obs.preflight.state == "failed":

@@ -128,8 +128,12 @@ def compute(obs: KnowledgeBaseObservation) -> tuple[list[Observation], dict[str,
 
     if obs.missing_sources:
         missing = ", ".join(obs.missing_sources)
-        message = f"not found: {missing}; create them (the operator retries on its own)"
-        return [*conditions.stalled("SourceNotFound", message), accepted], fields
+        message = (
+            f"waiting for {missing}; nothing is created until they exist, then the sync "
+            "starts by itself"
+        )
+        # Waiting, not failed: kstatus (Flux) must not give up on a ConfigMap applied with it.
+        return [*conditions.reconciling("SourceNotFound", message), accepted], fields
     if obs.store_unreachable is not None:
         return [
             *conditions.stalled("VectorStoreUnavailable", obs.store_unreachable),

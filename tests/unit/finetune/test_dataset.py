@@ -15,8 +15,10 @@ import pytest
 from phiops_finetune import cli, dataset
 from phiops_finetune.chat import IGNORE_INDEX, PHI3_CHAT_TEMPLATE, encode_conversation
 from phiops_workload.finetune import (
+    EXIT_INPUT_NOT_READY,
     EXIT_INVALID_DATASET,
     REASON_INVALID_DATASET,
+    REASON_WAITING_FOR_INPUTS,
     DatasetSpec,
     PreflightFigures,
 )
@@ -262,6 +264,27 @@ def test_preflight_cli_fails_an_unusable_dataset(
     message = result(termination_log)
     assert (message["outcome"], message["reason"]) == ("Failed", REASON_INVALID_DATASET)
     assert "line 1: " in message["message"] and "line 2: empty line" in message["message"]
+
+
+@pytest.mark.parametrize("absent", ["model", "empty-model", "dataset"])
+def test_preflight_waits_for_inputs_not_on_their_volume_yet(
+    tiny_model: Path, tmp_path: Path, termination_log: Path, absent: str
+) -> None:
+    # A missing local folder must not be read as a model-hub repo id (a permanent failure).
+    model = tmp_path / "no-model" if absent == "model" else tiny_model
+    if absent == "empty-model":
+        model = tmp_path / "empty"
+        model.mkdir()
+    data = tmp_path / "absent.jsonl"
+    if absent != "dataset":
+        write_jsonl(data, chat_records(4))
+    config = make_config(model, data, tmp_path / "out")
+    code = cli.main(["preflight", "--config", write_config(tmp_path, config)])
+    assert code == EXIT_INPUT_NOT_READY
+    message = result(termination_log)
+    assert (message["outcome"], message["reason"]) == ("Failed", REASON_WAITING_FOR_INPUTS)
+    field = "spec.dataset" if absent == "dataset" else "spec.baseModel.pvc"
+    assert field in message["message"] and "Repo id" not in message["message"]
 
 
 def test_preflight_result_fits_the_termination_message(
