@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/devtools
 export KUBECONFIG := $(CURDIR)/.dev/kubeconfig
 
-.PHONY: setup demo test test-fast cluster-up cluster-down crds lint format
+.PHONY: setup demo test test-fast test-chaos cluster-up cluster-down crds lint format
 
 setup:
 	@bash hack/setup.sh
@@ -14,6 +14,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-chaos: setup  ## the fault-injection tests alone (make test runs them too)
+	$(PY) -m pytest -m chaos tests/integration
 
 test-fast: setup  ## unit, contract and chart tests only (no control plane)
 	$(PY) -m pytest tests/unit tests/contract tests/chart

@@ -28,7 +28,7 @@ import pytest
 from tests import helpers
 from tests.conftest import Cluster
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(600)]
 NS = "chaos-tests"
 KILLS = 24
 NOWHERE = {"phiops.dev/chaos": "no-such-node"}

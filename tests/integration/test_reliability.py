@@ -101,6 +101,7 @@ def test_an_idle_resource_sends_the_api_server_nothing(operator: int, crds: Clus
     assert sent == 0, f"the operator sent {sent:.0f} requests in 20 s for an idle resource"
 
 
+@pytest.mark.chaos
 @pytest.mark.disruptive
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_status_is_fresh_within_5_s_after_an_api_server_outage(
