@@ -489,6 +489,8 @@ def test_external_milvus_sync_on_request_and_delete_drops_only_ours(
     remaining = set(client.list_collections())
     assert "not_ours" in remaining
     assert not any(name.startswith("ext_kb") for name in remaining)
+    # The drop Job (owned by nobody once its KnowledgeBase went) is not left behind.
+    eventually(lambda: get(docs, "job", "ext-drop") is None, 30, "the drop Job deleted")
 
 
 def test_knowledge_base_metrics(docs: Cluster, operator: int) -> None:

@@ -282,3 +282,6 @@ async def delete_knowledge_base(
         logger.warning(
             f"could not drop alias {alias} at {spec.vector_store.milvus.uri}; drop it by hand"
         )
+    # Nobody owns the drop Job (its owner is going) and 1.20 drops ttlSecondsAfterFinished:
+    # the operator removes it, and its pod with it, itself.
+    await context.kube.delete("batch/v1", "Job", namespace, job["metadata"]["name"])
