@@ -509,7 +509,8 @@ def main() -> None:
             api_port=api_port,
             etcd_port=free_port(),
             with_nodes=False,
-            service_cidr=f"10.{100 + api_port % 100}.{api_port // 100 % 256}.0/24",
+            # Room for a Service per PhiDeployment (a /24 runs out after 254).
+            service_cidr=f"10.{150 + api_port % 50}.{api_port // 50 % 16 * 16}.0/20",
         )
     )
     try:
