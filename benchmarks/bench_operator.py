@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -486,7 +487,13 @@ async def measure(args: argparse.Namespace, setup: Setup) -> None:
     await api.close()
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    # SIGTERM too stops the plane and the operator on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="resources in all")
     parser.add_argument("--rate", type=float, default=50, help="created per second")
