@@ -241,32 +241,38 @@ async def watch_all(api: Any, seen: Seen, stop: asyncio.Event) -> None:
     )
 
     async def resources(plural: str) -> None:
-        async with watch.Watch().stream(
-            custom.list_namespaced_custom_object,
-            "phiops.dev",
-            "v1alpha1",
-            NAMESPACE,
-            plural,
-            timeout_seconds=3600,
-        ) as stream:
-            async for event in stream:
-                obj = event["object"]
-                name = f"{plural}/{obj['metadata']['name']}"
-                if (obj.get("status") or {}).get("conditions") and name not in seen.status:
-                    seen.status[name] = time.monotonic()
+        while True:  # a watch the loaded API server ends is opened again (listing first)
+            with contextlib.suppress(Exception):
+                async with watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    "phiops.dev",
+                    "v1alpha1",
+                    NAMESPACE,
+                    plural,
+                    timeout_seconds=300,
+                ) as stream:
+                    async for event in stream:
+                        obj = event["object"]
+                        name = f"{plural}/{obj['metadata']['name']}"
+                        if (obj.get("status") or {}).get("conditions"):
+                            seen.status.setdefault(name, time.monotonic())
+            await asyncio.sleep(0.2)
 
     async def children(lister: Any, kind: str) -> None:
         selector = "app.kubernetes.io/managed-by=phiops-operator"
-        async with watch.Watch().stream(
-            lister, NAMESPACE, label_selector=selector, timeout_seconds=3600
-        ) as stream:
-            async for event in stream:
-                labels = event["object"].metadata.labels or {}
-                owner = labels.get("app.kubernetes.io/name", "")
-                if FIRST_CHILD.get(owner) != kind:
-                    continue
-                name = f"{owner_plural(owner)}/{labels.get('app.kubernetes.io/instance')}"
-                seen.child.setdefault(name, time.monotonic())
+        while True:
+            with contextlib.suppress(Exception):
+                async with watch.Watch().stream(
+                    lister, NAMESPACE, label_selector=selector, timeout_seconds=300
+                ) as stream:
+                    async for event in stream:
+                        labels = event["object"].metadata.labels or {}
+                        owner = labels.get("app.kubernetes.io/name", "")
+                        if FIRST_CHILD.get(owner) != kind:
+                            continue
+                        instance = labels.get("app.kubernetes.io/instance")
+                        seen.child.setdefault(f"{owner_plural(owner)}/{instance}", time.monotonic())
+            await asyncio.sleep(0.2)
 
     tasks = [asyncio.create_task(resources(p)) for p in KINDS]
     tasks.append(asyncio.create_task(children(apps.list_namespaced_deployment, "Deployment")))
