@@ -7,12 +7,13 @@ import json
 import re
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests import helpers
-from tests.conftest import Cluster
+from tests.conftest import Cluster, free_port
 
 pytestmark = pytest.mark.cluster
 NS = "reliability-tests"
@@ -22,8 +23,23 @@ NOWHERE = "http://127.0.0.1:9"
 
 @pytest.fixture(scope="module", autouse=True)
 def namespace(crds: Cluster) -> str:
-    crds.kubectl("create", "namespace", NS)
+    crds.create_namespace(NS)
     return NS
+
+
+@pytest.fixture(scope="module")
+def operator(namespace: str) -> Iterator[int]:
+    """The operator in this process, watching this module's namespace only: its request
+    count is this module's resources' alone (other modules' resources stay in the cluster)."""
+    from kopf.testing import KopfRunner
+
+    metrics_port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PHIOPS_METRICS_PORT", str(metrics_port))
+        args = ["run", "--namespace", NS, "--standalone", "-m", "phiops_operator.handlers"]
+        with KopfRunner(args, timeout=60) as runner:
+            yield metrics_port
+    assert runner.exception is None, runner.exception
 
 
 def knowledge_base(name: str, source: str) -> dict[str, Any]:
