@@ -63,11 +63,11 @@ def documents(name: str) -> dict[str, Any]:
     }
 
 
-def ready_message(cluster: Cluster, name: str) -> str:
+def ready_reason(cluster: Cluster, name: str) -> str:
     obj = json.loads(cluster.kubectl("get", "-n", NS, "kb", name, "-o", "json"))
     for c in (obj.get("status") or {}).get("conditions") or []:
         if c["type"] == "Ready":
-            return str(c.get("message") or "")
+            return str(c.get("reason") or "")
     return ""
 
 
@@ -83,7 +83,7 @@ def operator_requests(port: int) -> float:
 
 def wait_for_source_then_milvus(cluster: Cluster, name: str) -> None:
     helpers.eventually(
-        lambda: "not found" in ready_message(cluster, name) or None,
+        lambda: ready_reason(cluster, name) == "SourceNotFound" or None,
         30,
         f"{name} waiting for its source",
     )
@@ -146,7 +146,7 @@ def test_status_is_fresh_within_5_s_after_an_api_server_outage(
     crds.apply(documents(source), NS)
     back = time.monotonic()
     helpers.eventually(
-        lambda: "cannot connect to Milvus" in ready_message(crds, name) or None,
+        lambda: ready_reason(crds, name) == "VectorStoreUnavailable" or None,
         15,
         f"{name} past its source",
     )
