@@ -162,14 +162,17 @@ class Counters:
                     slot[0 if name == "count" else 1] += sample.value
         return {kind: (count, seconds) for kind, (count, seconds) in found.items()}
 
-    def breakdown(self) -> dict[str, dict[tuple[str, ...], float]]:
-        """The API server's requests by (verb, resource) and latency sums by verb."""
-        raw = subprocess.run(
+    def apiserver_metrics(self) -> str:
+        return subprocess.run(
             ["kubectl", "--kubeconfig", str(self.kubeconfig), "get", "--raw", "/metrics"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
+
+    def breakdown(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """The API server's requests by (verb, resource) and latency sums by verb."""
+        raw = self.apiserver_metrics()
         return {
             "requests": by_label(raw, "apiserver_request_total", ("verb", "resource")),
             "seconds": by_label(raw, "apiserver_request_duration_seconds_sum", ("verb",)),
@@ -178,12 +181,7 @@ class Counters:
 
     def read(self) -> tuple[float, float, float, float]:
         """(API server requests, operator requests, operator throttled seconds, time)."""
-        raw = subprocess.run(
-            ["kubectl", "--kubeconfig", str(self.kubeconfig), "get", "--raw", "/metrics"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        raw = self.apiserver_metrics()
         with urllib.request.urlopen(self.operator_metrics) as response:
             ours = response.read().decode()
         return (
