@@ -94,6 +94,13 @@ def get(url: str, timeout: float = 5) -> int:
         return int(response.status)
 
 
+def _answers(url: str) -> bool:
+    try:
+        return get(url) == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def services(cluster: Cluster) -> Iterator[Services]:
     kube = Kube(cluster.kubeconfig)
@@ -366,7 +373,9 @@ def test_running_pods_see_names_come_and_go_and_deleted_services_leave_the_host(
     ]
     assert hosts, "no hosts file of the running grpc-echo pod"
     eventually(lambda: _is_local_address(ip), what=f"{ip} to be a host address")
-    assert get(f"http://{ip}/") == 200
+    # The address comes with the Service, its backends with the Endpoints a moment later
+    # (until then it refuses, as a Service without ready endpoints does).
+    eventually(lambda: _answers(f"http://{ip}/"), what=f"{ip} to reach its pod")
     eventually(
         lambda: f"{ip}\tshort-lived.{NS}.svc.cluster.local" in hosts[0].read_text(),
         what="the name in a running pod's /etc/hosts",

@@ -52,9 +52,6 @@ IMAGE_ENV = {
     "HOME": "/root",
     "LANG": "C.UTF-8",
     "PYTHONUNBUFFERED": "1",
-    # A checkout run with PYTHONPATH set (a worktree beside another's editable install)
-    # ships its own code in its images, as a real image build would.
-    **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
 }
 TERMINATION_MESSAGE_MAX = 4096
 FALLBACK_LOG_LINES = 80
