@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def _version(obj: dict[str, Any]) -> int:
+def resource_version(obj: Mapping[str, Any]) -> int:
     text = str(obj["metadata"].get("resourceVersion") or "0")
     return int(text) if text.isdigit() else 0
 
@@ -51,7 +52,7 @@ class ChildCache:
         """`manifest` was applied and the API server answered `result`."""
         meta = result["metadata"]
         self._entries[child_key(manifest)] = _Entry(
-            manifest_hash(manifest), meta.get("generation"), _version(result)
+            manifest_hash(manifest), meta.get("generation"), resource_version(result)
         )
 
     def observed(self, obj: dict[str, Any], deleted: bool = False) -> bool:
@@ -64,9 +65,9 @@ class ChildCache:
         entry = self._entries.get(key)
         if entry is None:
             return True  # not applied by this process (a pod, a Job's status, a restart)
-        if _version(obj) <= entry.version:
+        if resource_version(obj) <= entry.version:
             return False
-        newer, entry.version = True, _version(obj)
+        newer, entry.version = True, resource_version(obj)
         generation = obj["metadata"].get("generation")
         # Edited by someone else: apply again next time. Kinds without a generation
         # (ConfigMaps, Services, claims) count any newer version as an edit.

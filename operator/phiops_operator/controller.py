@@ -27,6 +27,7 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from phiops_operator import metrics
+from phiops_operator.child_cache import resource_version
 from phiops_operator.config import OperatorConfig
 from phiops_operator.k8s import Kube, KubeError
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
@@ -43,11 +44,6 @@ TRANSIENT = (KubeError, ApiException, aiohttp.ClientError, TimeoutError, OSError
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-
-
-def _version(body: Mapping[str, Any]) -> int:
-    text = str(body["metadata"].get("resourceVersion") or "0")
-    return int(text) if text.isdigit() else 0
 
 
 def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -82,7 +78,6 @@ class Controller:
         self._inputs: dict[Key, set[tuple[str, str, str]]] = {}
         self._users: dict[tuple[str, str, str], set[Key]] = {}
         self._plurals = {reg.kind.kind.lower(): plural for plural, reg in REGISTRY.items()}
-        self._kinds = {reg.kind.kind: plural for plural, reg in REGISTRY.items()}
 
     def start(self) -> None:
         self.queue.start()
@@ -116,7 +111,7 @@ class Controller:
             self._drop(key)
             return
         previous = self.bodies.get(key)
-        if previous is not None and _version(body) < _version(previous):
+        if previous is not None and resource_version(body) < resource_version(previous):
             return  # older than what our own status write already told us
         current: dict[str, Any] = _plain(body)
         self.bodies[key] = current
@@ -203,7 +198,11 @@ class Controller:
         written, after = await reconcile(registration, body, self.kube, self.config, memo, logger)
         # Our write is the newest we know of the resource (its own event comes later).
         known = self.bodies.get(key)
-        if written is not None and known is not None and _version(written) >= _version(known):
+        if (
+            written is not None
+            and known is not None
+            and resource_version(written) >= resource_version(known)
+        ):
             self.bodies[key] = written
         metrics.QUEUE_DEPTH.set(self.queue.depth)
         resync = self.config.resync_seconds or None

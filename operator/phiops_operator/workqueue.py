@@ -42,6 +42,7 @@ class WorkQueue:
     _running: set[Hashable] = field(default_factory=set)
     _again: set[Hashable] = field(default_factory=set)
     _keys: dict[Hashable, _KeyState] = field(default_factory=dict)
+    _failing: set[Hashable] = field(default_factory=set)  # keys whose last run failed
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -87,16 +88,19 @@ class WorkQueue:
         if state is not None:
             self._cancel_timer(state)
         self._again.discard(key)
+        self._failing.discard(key)
 
     def retry_failed_now(self) -> None:
         """The API server answers again: every key waiting out a back-off runs now."""
-        for key, state in list(self._keys.items()):
-            if state.failures and state.timer is not None:
+        # Only the failing keys are looked at: this runs on every watch event.
+        for key in list(self._failing):
+            state = self._keys.get(key)
+            if state is not None and state.timer is not None:
                 self.add(key)
 
     @property
     def failing(self) -> int:
-        return sum(1 for state in self._keys.values() if state.failures)
+        return len(self._failing)
 
     @property
     def depth(self) -> int:
@@ -132,6 +136,7 @@ class WorkQueue:
             else:
                 if key in self._keys:
                     self._keys[key].failures = 0
+                self._failing.discard(key)
             finally:
                 self._running.discard(key)
             if key in self._again:
@@ -143,6 +148,7 @@ class WorkQueue:
     def _failed(self, key: Hashable) -> float:
         state = self._keys.setdefault(key, _KeyState())
         state.failures += 1
+        self._failing.add(key)
         return backoff(state.failures)
 
 
