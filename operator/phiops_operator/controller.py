@@ -27,9 +27,11 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from phiops_operator import metrics
+from phiops_operator.builders.common import MANAGED_BY
 from phiops_operator.child_cache import resource_version
 from phiops_operator.config import OperatorConfig
 from phiops_operator.k8s import Kube, KubeError
+from phiops_operator.object_store import SELECTORS, ObjectStore, plain
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
 from phiops_operator.workqueue import WorkQueue
 
@@ -39,6 +41,10 @@ Key = tuple[str, str, str]  # plural, namespace, name
 PROBE_SECONDS = 1.0
 # Children change in flurries (a Job, its pod, their statuses): one reconcile for a flurry.
 CHILD_DEBOUNCE_SECONDS = 0.5
+# A listing this long after start-up is a watch that had to list again: its gaps are mended
+# (`ObjectStore.refresh`) after a short wait that gathers the whole listing.
+RELIST_AFTER_SECONDS = 30.0
+REFRESH_DELAY_SECONDS = 2.0
 # API trouble a later retry may fix (the API server away, overloaded, or a conflict).
 TRANSIENT = (KubeError, ApiException, aiohttp.ClientError, TimeoutError, OSError)
 NAME_LABEL = "app.kubernetes.io/name"
@@ -59,15 +65,6 @@ def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _plain(value: Any) -> Any:
-    """A plain, detached copy of an event's body (Kopf hands out views)."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig, memo: Any, settings: Any = None) -> None:
         self.kube, self.config, self.memo, self.settings = kube, config, memo, settings
@@ -78,15 +75,25 @@ class Controller:
         self._inputs: dict[Key, set[tuple[str, str, str]]] = {}
         self._users: dict[tuple[str, str, str], set[Key]] = {}
         self._plurals = {reg.kind.kind.lower(): plural for plural, reg in REGISTRY.items()}
+        self._refreshes: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._started = 0.0
+
+    @property
+    def objects(self) -> ObjectStore | None:
+        return self.kube.objects
 
     def start(self) -> None:
+        self._started = asyncio.get_running_loop().time()
         self.queue.start()
         self._prober = asyncio.create_task(self._probe_while_failing())
 
     async def stop(self) -> None:
-        self._prober.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._prober
+        tasks = [self._prober, *self._refreshes.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.queue.stop()
 
     async def _probe_while_failing(self) -> None:
@@ -113,7 +120,7 @@ class Controller:
         previous = self.bodies.get(key)
         if previous is not None and resource_version(body) < resource_version(previous):
             return  # older than what our own status write already told us
-        current: dict[str, Any] = _plain(body)
+        current: dict[str, Any] = plain(body)
         self.bodies[key] = current
         if key not in self.loggers and self.settings is not None:
             # Posts what a reconcile logs at INFO and above as the resource's Events.
@@ -127,6 +134,7 @@ class Controller:
     def child_event(self, body: Mapping[str, Any], kind: str | None) -> None:
         """An object we made (it carries our managed-by label) changed."""
         self.queue.retry_failed_now()
+        self._stored(body, kind)
         meta = body["metadata"]
         identity = {
             "apiVersion": body["apiVersion"],
@@ -145,11 +153,53 @@ class Controller:
             if key in self.bodies:
                 self.queue.add(key, CHILD_DEBOUNCE_SECONDS)
 
-    def input_event(self, kind: str, body: Mapping[str, Any]) -> None:
+    def input_event(self, kind: str, body: Mapping[str, Any], event: str | None) -> None:
         """A ConfigMap or claim changed: reconcile whoever references it."""
         self.queue.retry_failed_now()
+        self._stored(body, event)
         meta = body["metadata"]
         self._touch(kind, meta["namespace"], meta["name"])
+
+    # -- the read cache ----------------------------------------------------------------------
+
+    def _stored(self, body: Mapping[str, Any], event: str | None) -> None:
+        """Keep the object store whole: Kopf's indexes bring every version but deletions;
+        a listing long after start-up is a watch that listed again, with deletions missed."""
+        store = self.objects
+        if store is None or not store.holds(body["apiVersion"], body["kind"]):
+            return
+        if event == "DELETED":
+            store.deleted(body)
+        elif event is None:
+            now = asyncio.get_running_loop().time()
+            if now - self._started >= RELIST_AFTER_SECONDS:
+                self._refresh_soon(body["apiVersion"], body["kind"], body["metadata"]["namespace"])
+
+    def _refresh_soon(self, api_version: str, kind: str, namespace: str) -> None:
+        key = (api_version, kind, namespace)
+        if key not in self._refreshes:
+            self._refreshes[key] = asyncio.create_task(self._refresh(key))
+
+    async def _refresh(self, key: tuple[str, str, str]) -> None:
+        api_version, kind, namespace = key
+        try:
+            await asyncio.sleep(REFRESH_DELAY_SECONDS)
+            items, listed_at = await self.kube.listing(
+                api_version, kind, namespace, SELECTORS[(api_version, kind)]
+            )
+            store = self.objects
+            assert store is not None
+            for gone in store.refresh(api_version, kind, namespace, items, listed_at):
+                name = gone["metadata"]["name"]
+                log.info("%s %s/%s went while its watch was away", kind, namespace, name)
+                labels = gone["metadata"].get("labels") or {}
+                if labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
+                    self.child_event(gone, "DELETED")
+                self.input_event(kind, gone, "DELETED")
+        except TRANSIENT as err:
+            log.warning("could not list %s in %s to mend the cache: %s", kind, namespace, err)
+        finally:
+            self._refreshes.pop(key, None)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

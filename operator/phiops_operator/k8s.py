@@ -3,6 +3,10 @@
 Kopf handles the custom resources themselves (watching, status patches); everything the
 operator creates goes through `Kube.apply`, with the fixed field manager `phiops-operator`,
 so re-running a handler after a crash converges instead of duplicating.
+
+Reads of the kinds the operator watches (Jobs, Pods, Deployments, ConfigMaps, claims) come
+from its `ObjectStore` once the watches fill it: trimmed copies (`object_store.project` says
+what is kept; a user's ConfigMap comes with its keys only), current as of the last event.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from phiops_operator import metrics
 from phiops_operator.child_cache import ChildCache
+from phiops_operator.object_store import ObjectStore
 from phiops_operator.rate_limit import TokenBucket
 
 FIELD_MANAGER = "phiops-operator"
+Listing = list[dict[str, Any]]
 
 # (apiVersion, kind) -> plural, for every kind the operator creates or reads.
 PLURALS: dict[tuple[str, str], str] = {
@@ -39,6 +45,19 @@ PLURALS: dict[tuple[str, str], str] = {
     ("phiops.dev/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("phiops.dev/v1alpha1", "PhiDeployment"): "phideployments",
 }
+
+# `apply_all` applies everything else first, then these kinds, wave by wave: a RoleBinding
+# after its Role (without the `bind` verb the API server checks the Role's rules against ours
+# and refuses a binding to a Role not there yet), workloads after what their pods use.
+LATER_WAVES: tuple[frozenset[str], ...] = (
+    frozenset({"RoleBinding"}),
+    frozenset({"Deployment", "Job"}),
+)
+
+
+def _wave(kind: str) -> int:
+    return next((i for i, kinds in enumerate(LATER_WAVES, 1) if kind in kinds), 0)
+
 
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)
@@ -62,6 +81,15 @@ def _refusal(err: ApiException) -> str:
     return text[:1000]
 
 
+def _terminating(answer: Any, kind: str) -> bool:
+    """A DELETE answered with the object itself, marked for deletion: it lingers."""
+    return (
+        isinstance(answer, dict)
+        and answer.get("kind") == kind
+        and bool((answer.get("metadata") or {}).get("deletionTimestamp"))
+    )
+
+
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     try:
         plural = PLURALS[(api_version, kind)]
@@ -79,6 +107,9 @@ class Kube:
     def __init__(self, api: client.ApiClient, qps: float = 0, burst: int = 1) -> None:
         self.api = api
         self.children = ChildCache()
+        # Set at start-up, where Kopf indexes feed it (see handlers/watch.py); None: every
+        # read goes to the API server (tests and tools that run handlers without Kopf).
+        self.objects: ObjectStore | None = None
         self.limiter = TokenBucket(qps, burst) if qps > 0 else None
 
     @classmethod
@@ -157,7 +188,19 @@ class Kube:
                 ) from err
             raise
         self.children.applied(manifest, result)
+        if self.objects is not None and self.objects.holds(result["apiVersion"], result["kind"]):
+            self.objects.observe(result)
         return result
+
+    async def apply_all(self, manifests: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """Apply several children at once, wave by wave (`LATER_WAVES`); the results in the
+        order of `manifests`."""
+        results: dict[int, dict[str, Any] | None] = {}
+        for wave in range(len(LATER_WAVES) + 1):
+            batch = [(i, m) for i, m in enumerate(manifests) if _wave(m["kind"]) == wave]
+            answers = await asyncio.gather(*(self.apply(m) for _, m in batch))
+            results.update(zip((i for i, _ in batch), answers, strict=True))
+        return [results[i] for i in range(len(manifests))]
 
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
@@ -193,6 +236,8 @@ class Kube:
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str
     ) -> dict[str, Any] | None:
+        if self.objects is not None and self.objects.holds(api_version, kind):
+            return self.objects.get(api_version, kind, namespace, name)
         try:
             result: dict[str, Any] = await self._call(
                 "GET", object_path(api_version, kind, namespace, name)
@@ -206,6 +251,10 @@ class Kube:
     async def list(
         self, api_version: str, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:
+        if self.objects is not None and self.objects.holds(api_version, kind):
+            found = self.objects.list(api_version, kind, namespace, label_selector)
+            if found is not None:
+                return found
         result = await self._call(
             "GET",
             object_path(api_version, kind, namespace),
@@ -223,14 +272,29 @@ class Kube:
         propagation: str = "Background",
     ) -> bool:
         """Delete (dependents collected in the background); False when it was already gone."""
+        answer: Any = None
         try:
-            await self._call(
+            answer = await self._call(
                 "DELETE",
                 object_path(api_version, kind, namespace, name),
                 body={"propagationPolicy": propagation},
             )
         except ApiException as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
+            if err.status != 404:
+                raise
+        if self.objects is not None and self.objects.holds(api_version, kind):
+            if _terminating(answer, kind):
+                self.objects.observe(answer)  # still there until its dependents go (Foreground)
+            else:
+                self.objects.forget(api_version, kind, namespace, name)
+        return answer is not None
+
+    async def listing(
+        self, api_version: str, kind: str, namespace: str, label_selector: str = ""
+    ) -> tuple[Listing, int]:
+        """A fresh listing from the API server (never the store) and its resourceVersion."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = await self._call("GET", object_path(api_version, kind, namespace), query=query)
+        version = str((result.get("metadata") or {}).get("resourceVersion") or "0")
+        items: Listing = result.get("items", [])
+        return items, int(version) if version.isdigit() else 0

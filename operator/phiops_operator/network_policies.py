@@ -13,8 +13,7 @@ REMOVED_MEMO = "network_policies_removed"
 
 async def sync(context: Context, policies: list[dict[str, Any]]) -> None:
     if context.config.network_policies.enabled:
-        for policy in policies:
-            await context.kube.apply(policy)
+        await context.kube.apply_all(policies)
         return
     if context.memo.get(REMOVED_MEMO):
         return

@@ -46,6 +46,9 @@ class FakeKube:
 
         return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind and selected(o)]
 
+    async def apply_all(self, manifests: list[Obj]) -> list[Obj]:
+        return [await self.apply(m) for m in manifests]
+
     async def apply(self, manifest: Obj) -> Obj:
         self.put(manifest)
         return copy.deepcopy(manifest)

@@ -177,6 +177,9 @@ class RecordingKube:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
+    async def apply_all(self, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [await self.apply(m) for m in manifests]
+
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", manifest["metadata"]["name"]))
         return manifest

@@ -44,6 +44,9 @@ class FakeKube:
     async def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[Obj]:
         return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind]
 
+    async def apply_all(self, manifests: list[Obj]) -> list[Obj]:
+        return [await self.apply(m) for m in manifests]
+
     async def apply(self, manifest: Obj) -> Obj:
         before = self.objects.get((manifest["kind"], manifest["metadata"]["name"]))
         applied = copy.deepcopy(manifest)

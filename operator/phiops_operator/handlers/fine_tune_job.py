@@ -122,8 +122,7 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
     missing = await _missing_inputs(context, spec) if not attempts else []
     if not attempts and not missing:
         # Once training started nothing is re-rendered: the spec is immutable from then on.
-        for child in builder.setup_children(context.parent, spec, context.config):
-            await context.kube.apply(child)
+        await context.kube.apply_all(builder.setup_children(context.parent, spec, context.config))
     preflight_name = f"{context.name}-{builder.PREFLIGHT_COMPONENT}"
     preflight_job = await context.kube.get("batch/v1", "Job", context.namespace, preflight_name)
     preflight = (

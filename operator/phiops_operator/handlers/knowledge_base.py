@@ -186,8 +186,7 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     if not missing:
         # Sources first: the store's claim outlives the resource (reclaimPolicy Retain), so
         # a KnowledgeBase waiting for its sources must not have made one yet.
-        for child in builder.store_children(context.parent, spec, context.config):
-            await context.kube.apply(child)
+        await context.kube.apply_all(builder.store_children(context.parent, spec, context.config))
         policies = builder.network_policies(context.parent, spec, context.config)
         await sync_network_policies(context, policies)
     store_ready, store_message = await _store_state(context, spec)
@@ -205,8 +204,9 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
     syncs = await _observe_syncs(context)
     current = syncs.get(plan.sync_id)
     if current is None and store_ready and not missing and unreachable is None:
-        for child in builder.sync_children(context.parent, spec, plan, context.config):
-            await context.kube.apply(child)
+        await context.kube.apply_all(
+            builder.sync_children(context.parent, spec, plan, context.config)
+        )
         context.logger.info(f"sync {plan.sync_id} started ({len(plan.configs)} shard(s))")
         current = status.SyncObservation(
             plan.sync_id,

@@ -387,7 +387,7 @@ async def step(context: Context, spec: PhiDeploymentSpec) -> StatusUpdate:
             inputs = replace(inputs, claims=(*inputs.claims, *keep))
         children = builder.build(context.parent, spec, context.config, inputs)
         children[1]["metadata"]["annotations"] = {SERVED_ANNOTATION: _encode(inputs)}
-        applied = [await kube.apply(child) for child in children]
+        applied = await kube.apply_all(children)
         policies = builder.network_policies(context.parent, spec, context.config)
         await sync_network_policies(context, policies)
         # Nothing sent for an unchanged Deployment: the one read above is current.

@@ -11,6 +11,7 @@ from phiops_operator import GROUP, metrics
 from phiops_operator.config import OperatorConfig
 from phiops_operator.controller import Controller
 from phiops_operator.k8s import Kube
+from phiops_operator.object_store import ObjectStore
 
 # Identity strings: chosen once, never changed (resources in the field carry them).
 FINALIZER = f"{GROUP}/cleanup"
@@ -49,6 +50,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     configure(settings, config)
     memo["config"] = config
     memo["kube"] = await Kube.connect(config.api_qps, config.api_burst)
+    # Reads come from the watches' store (filled before any reconcile; see handlers/watch.py).
+    memo["kube"].objects = ObjectStore()
     controller = Controller(memo["kube"], config, memo, settings)
     controller.start()
     memo["controller"] = controller

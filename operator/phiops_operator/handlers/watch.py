@@ -1,7 +1,8 @@
 """Kopf glue for the event-driven loop: every watch event goes to the `Controller`, which
-decides what to reconcile. Registered after the kinds' modules (it reads their registry).
-The handlers are coroutines: Kopf runs plain functions in threads, away from the loop the
-controller's queue lives on."""
+decides what to reconcile, and the kinds reconciles read fill the `ObjectStore` through Kopf
+indexes (Kopf runs no other handler until every index has seen its initial listing).
+Registered after the kinds' modules (it reads their registry). The handlers are coroutines:
+Kopf runs plain functions in threads, away from the loop the controller's queue lives on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import kopf
 from phiops_operator import GROUP, VERSION
 from phiops_operator.builders.common import MANAGED_BY
 from phiops_operator.controller import MANAGED_BY_LABEL, Controller
+from phiops_operator.k8s import PLURALS, Kube
+from phiops_operator.object_store import SELECTORS, parse_selector
 from phiops_operator.reconcile import REGISTRY
 
 # The children phiops makes, watched by its managed-by label: (group, version, plural).
@@ -56,10 +59,23 @@ def _register_child(group: str, version: str, plural: str) -> None:
 
 def _register_input(plural: str, kind: str) -> None:
     @kopf.on.event("", "v1", plural, id=f"inputs_{plural}")
-    async def on_input(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def on_input(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
         controller = _controller(memo)
         if controller is not None:
-            controller.input_event(kind, body)
+            controller.input_event(kind, body, type)
+
+
+def _register_store(api_version: str, kind: str, selector: str) -> None:
+    group, _, version = api_version.rpartition("/")
+    labels = {r.key: r.value for r in parse_selector(selector) or []}
+    plural = PLURALS[(api_version, kind)]
+
+    @kopf.index(group, version, plural, id=f"store_{plural}", labels=labels or None)
+    async def store(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """Every version of the object but its deletion (the event handlers see that)."""
+        kube: Kube | None = memo.get("kube")
+        if kube is not None and kube.objects is not None:
+            kube.objects.observe(body)
 
 
 for _plural in REGISTRY:
@@ -68,3 +84,5 @@ for _group, _version, _child in CHILD_KINDS:
     _register_child(_group, _version, _child)
 for _input, _kind in INPUT_KINDS:
     _register_input(_input, _kind)
+for (_api_version, _stored_kind), _selector in SELECTORS.items():
+    _register_store(_api_version, _stored_kind, _selector)
