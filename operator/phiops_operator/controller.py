@@ -31,7 +31,7 @@ from phiops_operator.builders.common import MANAGED_BY
 from phiops_operator.child_cache import resource_version
 from phiops_operator.config import OperatorConfig
 from phiops_operator.k8s import Kube, KubeError
-from phiops_operator.object_store import SELECTORS, ObjectStore, plain
+from phiops_operator.object_store import DROPPED_ANNOTATIONS, SELECTORS, ObjectStore, plain
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
 from phiops_operator.workqueue import WorkQueue
 
@@ -63,6 +63,19 @@ def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:
         meta.get("annotations"),
         meta.get("deletionTimestamp"),
     )
+
+
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the controller keeps of a resource: all of it but the bookkeeping nobody here
+    reads (managed fields, kubectl's copy of the last applied spec), which is half its size."""
+    kept: dict[str, Any] = plain(body)
+    meta = kept["metadata"]
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations:
+        for name in DROPPED_ANNOTATIONS:
+            annotations.pop(name, None)
+    return kept
 
 
 class Controller:
@@ -120,7 +133,7 @@ class Controller:
         previous = self.bodies.get(key)
         if previous is not None and resource_version(body) < resource_version(previous):
             return  # older than what our own status write already told us
-        current: dict[str, Any] = plain(body)
+        current = _kept(body)
         self.bodies[key] = current
         if key not in self.loggers and self.settings is not None:
             # Posts what a reconcile logs at INFO and above as the resource's Events.
@@ -253,7 +266,7 @@ class Controller:
             and known is not None
             and resource_version(written) >= resource_version(known)
         ):
-            self.bodies[key] = written
+            self.bodies[key] = _kept(written)
         metrics.QUEUE_DEPTH.set(self.queue.depth)
         resync = self.config.resync_seconds or None
         if after is None or (resync is not None and resync < after):

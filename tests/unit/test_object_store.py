@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from phiops_operator import controller
 from phiops_operator.handlers import phi_deployment as pd_handler
 from phiops_operator.k8s import Kube
 from phiops_operator.object_store import ObjectStore, parse_selector, project
@@ -199,3 +200,24 @@ def test_reads_of_stored_kinds_do_not_reach_the_api_server() -> None:
     assert job["metadata"]["name"] == "train-1"
     assert claim is None
     assert [j["metadata"]["name"] for j in jobs] == ["train-1"]
+
+
+def test_the_controller_keeps_resources_without_their_bookkeeping() -> None:
+    body = obj(
+        "ConfigMap",
+        "r",
+        1,
+        spec={"a": 1},
+        metadata={
+            "managedFields": [{"manager": "kubectl"}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                "phiops.dev/sync-requested": "now",
+            },
+        },
+    )
+    kept = controller._kept(body)
+    assert "managedFields" not in kept["metadata"]
+    assert kept["metadata"]["annotations"] == {"phiops.dev/sync-requested": "now"}
+    assert kept["spec"] == {"a": 1}
+    assert "managedFields" in body["metadata"]  # the event's body is left alone
