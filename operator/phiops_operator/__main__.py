@@ -8,6 +8,8 @@ import sys
 
 import kopf
 
+from phiops_operator import supervise
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="phiops-operator", description=__doc__)
@@ -41,11 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
-    kopf.run(
-        standalone=True,  # one active replica (Recreate strategy), no peering objects needed
-        clusterwide=args.all_namespaces,
-        namespaces=args.namespace,
-        liveness_endpoint=liveness,
+    supervise.run_until_stopped(
+        lambda: kopf.run(
+            standalone=True,  # one active replica (Recreate strategy), no peering objects
+            clusterwide=args.all_namespaces,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+        )
     )
     return 0
 

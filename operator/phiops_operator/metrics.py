@@ -31,6 +31,10 @@ API_THROTTLED = Counter(
     "phiops_api_client_throttled_seconds",
     "Seconds reconciles waited for the client-side rate limit (apiClient.qps/burst).",
 )
+OPERATOR_RESTARTS = Counter(
+    "phiops_operator_restarts",
+    "Times Kopf stopped on an error and was started again inside the same process.",
+)
 QUEUE_DEPTH = Gauge(
     "phiops_reconcile_queue_depth",
     "Resources waiting for a reconcile (each is queued at most once).",
@@ -55,10 +59,15 @@ def observe_reconcile(kind: str) -> Iterator[ReconcileOutcome]:
         RECONCILE_DURATION.labels(kind, outcome.result).observe(time.perf_counter() - started)
 
 
+_served: set[int] = set()
+
+
 def serve(port: int) -> None:
-    """Expose /metrics on all interfaces (in a thread: scraping never waits on handlers)."""
-    if port > 0:
+    """Expose /metrics on all interfaces (in a thread: scraping never waits on handlers);
+    once per process, however often the operator starts inside it."""
+    if port > 0 and port not in _served:
         start_http_server(port)
+        _served.add(port)
 
 
 KB_DOCUMENTS = Gauge(
