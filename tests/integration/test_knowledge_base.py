@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -358,6 +359,133 @@ def test_killed_embedding_pod_rerun_leaves_the_same_rows(docs: Cluster) -> None:
     killed = wait_synced(docs, "killed")
     assert killed["status"]["documents"]["total"] == clean["status"]["documents"]["total"] == 40
     assert killed["status"]["chunks"] == clean["status"]["chunks"]
+
+
+def physical_collection(client: Any, kb: str) -> str | None:
+    """The collection a sync of `kb` writes into (before its alias points there)."""
+    prefix = f"kb_{NS.replace('-', '_')}_{kb.replace('-', '_')}__"
+    found = [c for c in client.list_collections() if c.startswith(prefix)]
+    return found[0] if len(found) == 1 else None
+
+
+def count_rows(client: Any, collection: str) -> int:
+    """The store's own row count; a collection milvus-lite restarted with comes back
+    released, and is loaded first (as the product's readers do)."""
+    from phiops_embed.store import load_collection
+
+    load_collection(client, collection)
+    (row,) = client.query(collection, filter="", output_fields=["count(*)"])
+    return int(row["count(*)"])
+
+
+def stored_rows(cluster: Cluster, kb: str) -> list[tuple[str, int, str]]:
+    """(doc_id, chunk_index, doc_hash) of every row in the KnowledgeBase's collection, asked
+    of its store; and the store's own row count must agree."""
+    from pymilvus import MilvusClient
+
+    collection = (get(cluster, "kb", kb) or {})["status"]["collection"]
+    client = MilvusClient(uri=store_address(cluster, kb), timeout=30)
+    try:
+        counted = count_rows(client, collection)
+        rows = client.query(
+            collection,
+            filter="chunk_index >= 0",
+            output_fields=["doc_id", "chunk_index", "doc_hash"],
+            limit=16384,
+        )
+    finally:
+        client.close()
+    found = [(r["doc_id"], int(r["chunk_index"]), r["doc_hash"]) for r in rows]
+    assert counted == len(found), (kb, counted, len(found))
+    return found
+
+
+@pytest.mark.chaos
+def test_killed_store_pod_mid_sync_loses_and_duplicates_no_row(docs: Cluster) -> None:
+    """The embedded store's pod force-deleted (SIGKILL, no drain) once a sync has written its
+    first batch: the sync still completes, the store holds exactly the rows of an unkilled
+    twin, and a client opened before the kill answers again once the new pod is up."""
+    from phiops_embed.store import StoreUnavailable
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    # Over 1,000 chunks (the sync's write batch), so rows are written while more are embedded.
+    corpus = {
+        f"part-{i:03}.md": f"# Part {i}\n\n" + f"Part {i} fits gearbox model {i * 7}. " * 50
+        for i in range(150)
+    }
+    corpus["returns.md"] = DOCS["returns.md"]
+    apply(
+        docs,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "parts"}, "data": corpus},
+    )
+    sources = [{"name": "p", "configMap": {"name": "parts"}}]
+    apply(docs, knowledge_base("store-twin", sources))
+    apply(docs, knowledge_base("store-killed", sources))
+
+    store = "app.kubernetes.io/instance=store-killed,app.kubernetes.io/component=store"
+
+    def store_pod() -> dict[str, Any] | None:
+        out = docs.kubectl("get", "pods", "-n", NS, "-l", store, "-o", "json")
+        for pod in json.loads(out)["items"]:
+            conditions = pod["status"].get("conditions") or []
+            is_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            if is_ready and not pod["metadata"].get("deletionTimestamp"):
+                return pod  # type: ignore[no-any-return]
+        return None
+
+    victim = eventually(store_pod, what="the store pod to be ready")
+    reader = MilvusClient(uri=store_address(docs, "store-killed"), timeout=10)
+
+    def written() -> int | None:
+        assert (ready(get(docs, "kb", "store-killed")) or {}).get("status") != "True", (
+            "the sync finished before the test saw rows written: a bigger corpus is needed"
+        )
+        try:
+            collection = physical_collection(reader, "store-killed")
+            if collection is None:
+                return None
+            return count_rows(reader, collection) or None
+        except (MilvusException, StoreUnavailable):  # created a moment ago
+            return None
+
+    rows_at_kill = helpers.eventually(written, SYNC_TIMEOUT, "first rows written", interval=0.3)
+    docs.kubectl(
+        "delete", "pod", "-n", NS, victim["metadata"]["name"], "--grace-period=0", "--force"
+    )
+    killed_at = time.monotonic()
+    answers: list[float] = []  # when the client opened before the kill answered since
+
+    def answered_again() -> bool:
+        try:
+            name = physical_collection(reader, "store-killed")
+            if name is not None:
+                count_rows(reader, name)
+                answers.append(time.monotonic())
+        except Exception:  # the store is being replaced: failures are expected meanwhile
+            return False
+        return bool(answers)
+
+    replacement = eventually(store_pod, 120, "a new store pod to be ready")
+    assert replacement["metadata"]["uid"] != victim["metadata"]["uid"]
+    helpers.eventually(answered_again, 60, "the old client to answer again", interval=0.5)
+    assert answers[0] > killed_at
+    reader.close()
+
+    twin, killed = wait_synced(docs, "store-twin"), wait_synced(docs, "store-killed")
+    for kb in (twin, killed):
+        assert kb["status"]["documents"]["total"] == len(corpus)
+        assert kb["status"]["documents"]["failed"] == 0
+    rows = {kb: stored_rows(docs, kb) for kb in ("store-twin", "store-killed")}
+    print(f"store killed at {rows_at_kill} of {len(rows['store-killed'])} rows")
+    assert rows_at_kill < len(rows["store-killed"])  # killed mid-sync, not after it
+    for kb, found in rows.items():
+        keys = Counter((doc_id, index) for doc_id, index, _ in found)
+        assert [k for k, n in keys.items() if n > 1] == [], f"{kb}: duplicated rows"
+    assert sorted(rows["store-killed"]) == sorted(rows["store-twin"])  # none lost or extra
+    assert killed["status"]["chunks"] == twin["status"]["chunks"] == len(rows["store-twin"])
+    hits = query(docs, "store-killed", "How many days do I have to return a product?")
+    assert hits and hits[0]["doc_id"] == "p/returns.md"
 
 
 def test_reclaim_policy_decides_what_deleting_keeps(docs: Cluster) -> None:
