@@ -166,3 +166,42 @@ class Streamer:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(120)
+
+
+class Asker:
+    """A client asking `models` in turn (plain, non-streaming chat completions, which the
+    openai client retries on a dropped connection) one after another on a thread of its
+    own until the block ends; keeps when each answer came and every failure."""
+
+    def __init__(self, client: Any, models: list[str], question: str, max_tokens: int) -> None:
+        self.client, self.models = client, models
+        self.question, self.max_tokens = question, max_tokens
+        self.answered: list[float] = []  # time.monotonic() of each answer
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asked = 0
+        while not self._stop.is_set():
+            model = self.models[asked % len(self.models)]
+            asked += 1
+            try:
+                completion = self.client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": self.question}],
+                    max_tokens=self.max_tokens,
+                )
+                if completion.model != model or not completion.choices[0].message.content:
+                    raise AssertionError(f"a wrong or empty answer: {completion!r}")
+                self.answered.append(time.monotonic())
+            except Exception as err:
+                self.failures.append(f"{model}: {err!r}")
+
+    def __enter__(self) -> Asker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(180)

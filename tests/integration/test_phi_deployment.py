@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -545,3 +546,71 @@ def test_prometheus_scrapes_operator_and_server_and_a_failed_job_fires_its_alert
             "phiops-operator": "1",
             "phiops-serve": "1",
         }
+
+
+def ready_server_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=assistant", "-o", "json"
+    )
+    return [
+        p
+        for p in json.loads(out)["items"]
+        if not p["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+    ]
+
+
+@pytest.mark.chaos
+def test_one_of_two_replicas_killed_the_other_keeps_answering(
+    stack: Cluster, deployed: dict[str, Any]
+) -> None:
+    """Two replicas behind the Service; one pod force-deleted (SIGKILL, no drain) while a
+    client asks without pause: the openai client (with retries, as clients run it) sees no
+    failed request, and answers keep coming while the replacement loads."""
+    service = get(stack, "service", "assistant-server")
+    assert service is not None
+    base_url = f"http://{service['spec']['clusterIP']}:8000/v1"
+    stack.kubectl("scale", "-n", NS, "phid/assistant", "--replicas=2")
+    try:
+        eventually(
+            lambda: (
+                len(ready_server_pods(stack)) == 2
+                and ((get(stack, "phid", "assistant") or {}).get("status") or {}).get(
+                    "readyReplicas"
+                )
+                == 2
+            ),
+            what="two ready replicas",
+        )
+        victim, survivor = ready_server_pods(stack)
+        uids = {victim["metadata"]["uid"], survivor["metadata"]["uid"]}
+        with (
+            openai.OpenAI(base_url=base_url, api_key="unused", max_retries=5, timeout=60) as c,
+            helpers.Asker(c, ["tiny-phi3", "tone"], REFUND_QUESTION, 8) as asker,
+        ):
+            eventually(lambda: len(asker.answered) >= 4, 120, "answers from both replicas")
+            stack.kubectl(
+                "delete", "pod", "-n", NS, victim["metadata"]["name"], "--grace-period=0", "--force"
+            )
+            killed_at = time.monotonic()
+            replaced = eventually(
+                lambda: (
+                    len(pods := ready_server_pods(stack)) == 2
+                    and {p["metadata"]["uid"] for p in pods} != uids
+                    and pods
+                ),
+                what="a replacement replica to load and become ready",
+            )
+            replaced_at = time.monotonic()
+            after = len(asker.answered)
+            eventually(lambda: len(asker.answered) >= after + 4, 120, "answers from both again")
+        assert survivor["metadata"]["uid"] in {p["metadata"]["uid"] for p in replaced}
+        assert asker.failures == []
+        during = [t for t in asker.answered if killed_at <= t <= replaced_at]
+        print(f"{len(during)} answers in the {replaced_at - killed_at:.0f} s of the replacement")
+        assert len(during) >= 5
+        gaps = [b - a for a, b in zip([killed_at, *during], [*during, replaced_at], strict=True)]
+        assert max(gaps) < 30, f"no answer for {max(gaps):.0f} s while one replica served"
+    finally:
+        stack.kubectl("scale", "-n", NS, "phid/assistant", "--replicas=1")
+        eventually(lambda: len(serving_pods(stack)) == 1, what="scaling back to one replica")
