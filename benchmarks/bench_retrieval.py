@@ -70,7 +70,14 @@ from phiops_workload.knowledge import (
     settings_fingerprint,
 )
 from retrieval_eval.corpus import DOCUMENTS, Document, materialise
-from retrieval_eval.metrics import Question, Retrieved, Scores, load_questions, score
+from retrieval_eval.metrics import (
+    Question,
+    Retrieved,
+    Scores,
+    first_grounded,
+    load_questions,
+    score,
+)
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -113,6 +120,8 @@ class Result:
     chunks: int
     scores: Scores
     seconds: float
+    ranks: list[int | None]
+    """Per question, the rank of the first grounded result (None: not in the top 10)."""
 
 
 # -- the product's own path: run_sync into milvus-lite, Retriever.search --------------------
@@ -273,17 +282,31 @@ def print_table(results: Sequence[Result], questions: int, documents: int) -> No
     print(f"\n{questions} questions over {documents} documents; top {TOP_K} retrieved per question")
     header = (
         f"{'system':<44} {'search':<16} {'chunks':>6} {'doc@1':>7} {'grd@1':>7} "
-        f"{'grd@4':>7} {'grd@5':>7} {'MRR':>6}"
+        f"{'grd@4':>7} {'grd@5':>7} {'MRR':>6} {'@5 vs (a)':>9}"
     )
     print(header)
     print("-" * len(header))
+    reference = results[0].ranks
     for r in results:
         s = r.scores
         print(
             f"{r.label:<44} {r.how:<16} {r.chunks:>6} {pct(s.doc_hit_1):>7} "
             f"{pct(s.grounded_1):>7} {pct(s.grounded_4):>7} {pct(s.grounded_5):>7} "
-            f"{s.mrr:6.3f}"
+            f"{s.mrr:6.3f} {paired(r.ranks, reference):>9}"
         )
+    print(
+        "@5 vs (a): questions grounded in the top 5 here but not by (a), and the reverse "
+        f"(one question is {100 / questions:.1f} points)"
+    )
+
+
+def paired(ranks: Sequence[int | None], reference: Sequence[int | None], k: int = 5) -> str:
+    def hit(rank: int | None) -> bool:
+        return rank is not None and rank <= k
+
+    won = sum(hit(a) and not hit(b) for a, b in zip(ranks, reference, strict=True))
+    lost = sum(hit(b) and not hit(a) for a, b in zip(ranks, reference, strict=True))
+    return f"+{won}/-{lost}"
 
 
 def main() -> None:
@@ -300,6 +323,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     # pymilvus warns on every scan that milvus-lite has no MVCC timestamp: harmless here.
+    # (Its logging set-up runs on import and would reset the level: import it first.)
+    import pymilvus  # noqa: F401
+
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
 
     questions = load_questions()
@@ -355,6 +381,7 @@ def main() -> None:
                 real("kb_defaults", defaults, reach=1),
             ),
             ("small-to-big + hybrid, 200/32", product, real("kb_hybrid", defaults, True, 1)),
+            ("small-to-big + hybrid, 250/50", product, real("kb_hybrid_250", wide, True, 1)),
         ]
         print(
             f"model: all-MiniLM-L6-v2 {args.precision} on cpu (loaded in {load_seconds:.1f} s); "
@@ -365,7 +392,8 @@ def main() -> None:
             began = time.perf_counter()
             chunks, rankings = run()
             seconds = time.perf_counter() - began
-            results.append(Result(label, how, chunks, score(questions, rankings), seconds))
+            ranks = [first_grounded(q, r) for q, r in zip(questions, rankings, strict=True)]
+            results.append(Result(label, how, chunks, score(questions, rankings), seconds, ranks))
             print(f"  {label}: {chunks} chunks, {seconds:.1f} s", flush=True)
         print(
             f"embedded {embedder.embedded} distinct texts in {embedder.seconds:.1f} s "
