@@ -246,13 +246,16 @@ def in_process(
     questions: Sequence[Question],
     chunking: ChunkingConfig,
     prefix: bool,
+    reach: int = 0,
 ) -> tuple[int, list[list[Retrieved]]]:
+    """With `reach`, each hit is handed over with up to `reach` chunks either side of it."""
     chunker = Chunker(chunking, embedder.tokenizer, embedder.max_tokens)
-    passages = [
-        (d.name, chunk.text, chunk.embed_text)
-        for d in documents
-        for chunk in chunk_document(chunker, d, (docs / d.file_name).read_bytes(), prefix)
-    ]
+    passages = []
+    for d in documents:
+        chunks = chunk_document(chunker, d, (docs / d.file_name).read_bytes(), prefix)
+        for i, chunk in enumerate(chunks):
+            around = chunks[max(0, i - reach) : i + reach + 1]
+            passages.append((d.name, "\n".join(c.text for c in around), chunk.embed_text))
     return len(passages), exact_search(embedder, questions, passages)
 
 
@@ -358,8 +361,8 @@ def main() -> None:
                 uri, docs, embedder, questions, names, alias, chunking, hybrid, reach
             )
 
-        def local(chunking: ChunkingConfig, prefix: bool):
-            return lambda: in_process(docs, documents, embedder, questions, chunking, prefix)
+        def local(chunking: ChunkingConfig, prefix: bool, reach: int = 0):
+            return lambda: in_process(docs, documents, embedder, questions, chunking, prefix, reach)
 
         systems: list[tuple[str, str, Callable[[], tuple[int, list[list[Retrieved]]]]]] = [
             ("(a) kb defaults: markdown 200/32, dense", product, real("kb_defaults", defaults)),
@@ -382,6 +385,8 @@ def main() -> None:
             ),
             ("small-to-big + hybrid, 200/32", product, real("kb_hybrid", defaults, True, 1)),
             ("small-to-big + hybrid, 250/50", product, real("kb_hybrid_250", wide, True, 1)),
+            ("path + small-to-big, 200/32", exact, local(defaults, True, 1)),
+            ("small-to-big, exact search, 200/32", exact, local(defaults, False, 1)),
         ]
         print(
             f"model: all-MiniLM-L6-v2 {args.precision} on cpu (loaded in {load_seconds:.1f} s); "
