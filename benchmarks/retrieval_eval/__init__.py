@@ -1,0 +1,1 @@
+"""A retrieval evaluation set over Debian's own documentation (see corpus.py)."""
