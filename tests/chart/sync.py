@@ -126,6 +126,13 @@ PANELS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], str]]]] = [
                 "95th percentile time of one reconcile, by kind.",
             ),
             (
+                "Controller restarts in-process",
+                "short",
+                [("sum(increase(phiops_operator_restarts_total[30m]))", "restarts in 30m")],
+                "Times Kopf stopped on an error and the operator started it again in its "
+                "process (alert PhiopsOperatorRestarting at 3 in 30m).",
+            ),
+            (
                 "Resources by kind and Ready state",
                 "short",
                 [

@@ -23,6 +23,7 @@ ALERTS_DOC = REPO / "docs" / "operations" / "alerts.md"
 ALERTS = {
     "PhiopsOperatorDown",
     "PhiopsReconcileErrors",
+    "PhiopsOperatorRestarting",
     "PhiopsKnowledgeBaseSyncFailing",
     "PhiopsKnowledgeBaseStale",
     "PhiopsFineTuneJobFailed",
@@ -43,6 +44,7 @@ ENGINE = ("model_name", "engine")
 CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "phiops_reconcile_total": ("counter", ("kind", "result")),
     "phiops_reconcile_duration_seconds": ("histogram", ("kind", "result")),
+    "phiops_operator_restarts_total": ("counter", ()),
     "phiops_resource_ready": ("gauge", ("kind", *NS_NAME)),
     "phiops_knowledge_base_documents": ("gauge", NS_NAME),
     "phiops_knowledge_base_chunks": ("gauge", NS_NAME),

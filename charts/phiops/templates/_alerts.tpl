@@ -32,6 +32,16 @@ groups:
           summary: {{ `phiops keeps failing to reconcile {{ $labels.kind }} resources` | quote }}
           description: {{ `{{ printf "%.3f" $value }} failed or retried reconciles of {{ $labels.kind }} per second over the last 10 minutes.` | quote }}
           runbook_url: {{ printf "%s#phiopsreconcileerrors" $runbook }}
+      - alert: PhiopsOperatorRestarting
+        # Kopf stopped on an API error and the operator started it again in its process
+        # (phiops_operator/supervise.py): once after an API server restart is expected.
+        expr: increase(phiops_operator_restarts_total[30m]) >= 3
+        labels:
+          severity: warning
+        annotations:
+          summary: The phiops operator keeps restarting its controller
+          description: {{ `Kopf stopped on an error and was started again {{ printf "%.0f" $value }} times in 30 minutes in {{ $labels.pod }}.` | quote }}
+          runbook_url: {{ printf "%s#phiopsoperatorrestarting" $runbook }}
   - name: phiops-knowledge-bases
     rules:
       - alert: PhiopsKnowledgeBaseSyncFailing
