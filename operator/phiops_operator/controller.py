@@ -31,7 +31,13 @@ from phiops_operator.builders.common import MANAGED_BY
 from phiops_operator.child_cache import resource_version
 from phiops_operator.config import OperatorConfig
 from phiops_operator.k8s import Kube, KubeError
-from phiops_operator.object_store import DROPPED_ANNOTATIONS, SELECTORS, ObjectStore, plain
+from phiops_operator.object_store import (
+    DROPPED_ANNOTATIONS,
+    MANAGED_BY_LABEL,
+    SELECTORS,
+    ObjectStore,
+    plain,
+)
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
 from phiops_operator.workqueue import WorkQueue
 
@@ -49,7 +55,6 @@ REFRESH_DELAY_SECONDS = 2.0
 TRANSIENT = (KubeError, ApiException, aiohttp.ClientError, TimeoutError, OSError)
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
 def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -12,9 +12,9 @@ import kopf
 
 from phiops_operator import GROUP, VERSION
 from phiops_operator.builders.common import MANAGED_BY
-from phiops_operator.controller import MANAGED_BY_LABEL, Controller
+from phiops_operator.controller import Controller
 from phiops_operator.k8s import PLURALS, Kube
-from phiops_operator.object_store import SELECTORS, parse_selector
+from phiops_operator.object_store import MANAGED_BY_LABEL, SELECTORS, parse_selector
 from phiops_operator.reconcile import REGISTRY
 
 # The children phiops makes, watched by its managed-by label: (group, version, plural).
