@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, debug=args.debug)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     supervise.run_until_stopped(
-        lambda: kopf.run(
+        lambda run: kopf.run(
             standalone=True,  # one active replica (Recreate strategy), no peering objects
             clusterwide=args.all_namespaces,
             namespaces=args.namespace,
             liveness_endpoint=liveness,
+            stop_flag=run.stop_flag,
         )
     )
     return 0

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from phiops_operator import GROUP, metrics
+from phiops_operator import GROUP, metrics, supervise, watchdog
 from phiops_operator.config import OperatorConfig
 from phiops_operator.controller import Controller
 from phiops_operator.k8s import Kube
 from phiops_operator.object_store import ObjectStore
+
+# Kopf's retries of a failed request, in seconds: through an API server restart of a few
+# minutes (its default, 54 s in all, runs out while a loaded API server starts again, and a
+# watch whose retries ran out dies; see supervise.py).
+RETRY_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, *(30.0,) * 8)
 
 # Identity strings: chosen once, never changed (resources in the field carry them).
 FINALIZER = f"{GROUP}/cleanup"
@@ -35,6 +41,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=STORAGE_PREFIX, key="last-handled-configuration"
     )
+    settings.networking.error_backoffs = RETRY_BACKOFFS
     # Events for what a user should see in `kubectl describe`, not debug chatter.
     settings.posting.level = logging.INFO
     objects = logging.getLogger("kopf.objects")
@@ -56,6 +63,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     controller.start()
     memo["controller"] = controller
     metrics.serve(config.metrics_port)
+    # Kopf cancels it with every other task when it stops.
+    memo["watchdog"] = asyncio.create_task(
+        watchdog.watch_the_watches(supervise.fail_current_run), name="phiops watchdog"
+    )
 
 
 @kopf.on.cleanup()
