@@ -22,6 +22,7 @@ from phiops_workload.serving import (
     DEFAULT_ADMIN_PORT,
     AdapterConfig,
     EngineConfig,
+    RerankConfig,
     RetrievalConfig,
     ServeConfig,
 )
@@ -145,6 +146,12 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
             top_k=ref.top_k,
             score_threshold=ref.score_threshold,
             hybrid=ref.hybrid,
+            neighbors=ref.neighbors,
+            rerank=(
+                RerankConfig(model=ref.rerank.model, candidates=ref.rerank.candidates, device=kb.device)
+                if ref.rerank is not None
+                else None
+            ),
             citations=ref.citations,
             model=kb.model,
             device=kb.device,
