@@ -150,7 +150,7 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
 async def test_without_citations_the_answer_is_grounded_but_cites_nothing(
     serve_config: ServeConfig, knowledge_store: KnowledgeStore
 ) -> None:
-    retrieval = retrieval_config(knowledge_store, citations=False, top_k=2)
+    retrieval = retrieval_config(knowledge_store, citations=False, top_k=2, hybrid=False)
     config = serve_config.model_copy(update={"retrieval": retrieval})
     knowledge = KnowledgeBase(retrieval, retry_seconds=0.2)
     await knowledge.open()
