@@ -55,7 +55,6 @@ from phiops_embed.retrieval import Retriever
 from phiops_embed.store import drop_family
 from phiops_embed.sync import run_sync
 from phiops_workload.contracts import ResourceIdentity
-from phiops_workload.serving import RetrievalConfig
 from phiops_workload.knowledge import (
     ChunkingConfig,
     EmbeddingConfig,
@@ -65,6 +64,7 @@ from phiops_workload.knowledge import (
     physical_collection,
     settings_fingerprint,
 )
+from phiops_workload.serving import RetrievalConfig
 from retrieval_eval.corpus import DOCUMENTS, materialise
 from retrieval_eval.metrics import (
     Question,
@@ -326,7 +326,9 @@ def main() -> None:
             (
                 default_label,
                 product,
-                real("kb_path_hybrid", defaults, store_hybrid and serving.hybrid, serving.neighbors),
+                real(
+                    "kb_path_hybrid", defaults, store_hybrid and serving.hybrid, serving.neighbors
+                ),
             ),
             (
                 f"(b) naive: {args.naive_words}-word windows, overlap {args.naive_overlap}",
@@ -338,8 +340,16 @@ def main() -> None:
             ("small-to-big + hybrid, 200/32", product, real("kb_bare_hybrid", bare, True, 1)),
             ("path, dense, 200/32", product, real("kb_path_hybrid", defaults)),
             ("path + hybrid, 200/32", product, real("kb_path_hybrid", defaults, True)),
-            ("path + small-to-big, dense, 200/32", product, real("kb_path_hybrid", defaults, False, 1)),
-            ("path + small-to-big + hybrid, 200/32", product, real("kb_path_hybrid", defaults, True, 1)),
+            (
+                "path + small-to-big, dense, 200/32",
+                product,
+                real("kb_path_hybrid", defaults, False, 1),
+            ),
+            (
+                "path + small-to-big + hybrid, 200/32",
+                product,
+                real("kb_path_hybrid", defaults, True, 1),
+            ),
             ("path + hybrid, 250/50", product, real("kb_path_250", wide, True)),
             ("path + small-to-big + hybrid, 250/50", product, real("kb_path_250", wide, True, 1)),
             ("path + small-to-big + hybrid, 128/24", product, real("kb_path_128", small, True, 1)),

@@ -48,12 +48,15 @@ def cpu_supports_bf16(flags: set[str] | None = None) -> bool:
 
 def resolve_precision(setting: str, device: str) -> Precision:
     """The precision to compute in for `setting` (`auto`, `float32`, `bfloat16`)."""
-    if setting == "float32" or setting == "bfloat16":
-        return setting
+    if setting == "float32":
+        return "float32"
+    if setting == "bfloat16":
+        return "bfloat16"
     if setting != "auto":
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {setting!r}")
     if device.startswith("cuda"):
         import torch
 
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bfloat16" if native else "float32"
     return "bfloat16" if cpu_supports_bf16() else "float32"

@@ -139,7 +139,9 @@ class Retriever:
             output_fields=[FIELD_DOC_ID, FIELD_CHUNK_INDEX, FIELD_TEXT],
         )
         rows = guarded("query", call)
-        texts = {(str(r[FIELD_DOC_ID]), int(r[FIELD_CHUNK_INDEX])): str(r[FIELD_TEXT]) for r in rows}
+        texts = {
+            (str(r[FIELD_DOC_ID]), int(r[FIELD_CHUNK_INDEX])): str(r[FIELD_TEXT]) for r in rows
+        }
         widened = []
         for hit in hits:
             around = [

@@ -131,8 +131,10 @@ class SentenceTransformersEmbedding(KubeModel):
     """Device the model runs on; `cuda` needs a GPU in `pod.resources`."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     """Chunks embedded per batch."""
-    precision: Literal["float32", "bfloat16"] = "float32"
-    """Compute precision; bfloat16 is about twice as fast on CPUs with bf16 support."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute precision. `auto`: bfloat16 autocast where the device computes it natively
+    (a CPU with AMX or AVX512-BF16, a GPU with bf16), float32 elsewhere; `float32` or
+    `bfloat16` force one. bf16 keeps cosine >= 0.999 to float32 on real text."""
 
 
 class OpenAIEmbedding(KubeModel):

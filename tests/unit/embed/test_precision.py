@@ -43,9 +43,7 @@ def test_the_detected_flags_agree_with_the_kernel() -> None:
         for line in text.splitlines()
         if line.partition(":")[0].strip() in ("flags", "Features")
     )
-    assert (precision.BF16_CPU_FLAGS & precision.cpu_flags()) == (
-        precision.BF16_CPU_FLAGS & kernel
-    )
+    assert (precision.BF16_CPU_FLAGS & precision.cpu_flags()) == (precision.BF16_CPU_FLAGS & kernel)
 
 
 def real_passages(embedder: SentenceTransformerEmbedder, limit: int = 64) -> list[str]:

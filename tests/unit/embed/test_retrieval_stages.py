@@ -84,7 +84,8 @@ def test_the_sync_embeds_the_path_when_asked(
 def test_join_chunks_keeps_the_overlap_once() -> None:
     first = "alpha beta gamma delta epsilon zeta eta theta"
     second = "epsilon zeta eta theta iota kappa"
-    assert join_chunks([first, second]) == "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    joined = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    assert join_chunks([first, second]) == joined
     # No shared words (overlap 0): both kept whole, on their own lines.
     assert join_chunks(["ends with a", "a begins"]) == "ends with a\na begins"
     assert join_chunks(["only"]) == "only"
@@ -156,5 +157,5 @@ def test_the_reranker_orders_the_candidates_by_its_scores_before_the_cut(
 def test_a_missing_reranker_model_fails_naming_it(tmp_path: Path) -> None:
     from phiops_embed.embedder import EmbeddingError
 
-    with pytest.raises(EmbeddingError, match="re-ranking model .*nowhere"):
+    with pytest.raises(EmbeddingError, match=r"re-ranking model .*nowhere"):
         Reranker(str(tmp_path / "nowhere"))
