@@ -400,6 +400,45 @@ def bench_gpu(args: argparse.Namespace) -> None:
     print(f"RATIO gpu fp16 / fp32       {results['float16'] / results['float32']:8.2f}")
 
 
+def bench_precision(args: argparse.Namespace) -> None:
+    """CPU embedding in float32 vs bfloat16 autocast on the same chunks, rounds alternating
+    (the best of each counts), with the fidelity of bf16 and what `precision: auto` picks."""
+    from phiops_embed.precision import cpu_flags, resolve_precision
+
+    rng = random.Random(13)
+    embedders = {
+        p: SentenceTransformerEmbedder(batch_size=args.batch_size, precision=p, device="cpu")
+        for p in ("float32", "bfloat16")
+    }
+    fp32 = embedders["float32"]
+    chunker = Chunker(ChunkingConfig(), fp32.tokenizer, fp32.max_tokens)
+    texts = [
+        c.embed_text
+        for _ in range(args.precision_docs)
+        for c in chunker.chunk(extract(document(rng, args.sections).encode(), "markdown").text)
+    ]
+    for embedder in embedders.values():
+        embedder.embed(texts[: args.batch_size])  # warm-up
+    seconds: dict[str, list[float]] = {p: [] for p in embedders}
+    vectors = {}
+    for _ in range(args.rounds):
+        for name, embedder in embedders.items():
+            began = time.perf_counter()
+            vectors[name] = embedder.embed(texts)
+            seconds[name].append(time.perf_counter() - began)
+    rates = {p: len(texts) / min(t) for p, t in seconds.items()}
+    cosine = np.sum(vectors["float32"] * vectors["bfloat16"], axis=1)
+    flags = sorted(f for f in cpu_flags() if "bf16" in f or f.startswith(("amx", "avx512")))
+    print(f"cpu precision: {len(texts)} chunks, batch {args.batch_size}, best of {args.rounds}")
+    for name, rate in rates.items():
+        runs = ", ".join(f"{t:.1f}" for t in seconds[name])
+        print(f"  {name:<9} {rate:8.1f} chunks/s  ({runs} s)")
+    print(f"  bf16 cosine to float32: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+    auto = resolve_precision("auto", "cpu")
+    print(f"  cpu bf16 flags: {', '.join(flags) or 'none'}; auto picks {auto}")
+    print(f"RATIO cpu bf16 / fp32       {rates['bfloat16'] / rates['float32']:8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=150)
@@ -407,13 +446,16 @@ def main() -> None:
     parser.add_argument("--changed", type=float, default=0.01, help="share changed for re-sync")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="raw/sync rounds (best counts)")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32")
+    parser.add_argument("--precision-docs", type=int, default=40, help="for the cpu section")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--index-type", default="AUTOINDEX")
     parser.add_argument("--search-n", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--search-precision", choices=["float32", "bfloat16"], default="bfloat16")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ingest", "search", "gpu"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["ingest", "search", "gpu", "precision"]
+    )
     args = parser.parse_args()
     import logging
 
@@ -431,6 +473,8 @@ def main() -> None:
             bench_search(args, uri)
         if "gpu" not in args.skip:
             bench_gpu(args)
+        if "precision" not in args.skip:
+            bench_precision(args)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

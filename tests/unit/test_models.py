@@ -24,6 +24,9 @@ def test_knowledge_base_defaults_fit_the_default_embedding_model() -> None:
     assert spec.chunking.size <= 256  # all-MiniLM-L6-v2 reads 256 word pieces
     assert spec.vector_store.milvus.uri is None  # embedded milvus-lite by default
     assert spec.reclaim_policy == "Retain"
+    # The retrieval defaults the evaluation chose (docs/knowledge-bases.md#retrieval-quality).
+    assert spec.chunking.include_path and spec.vector_store.milvus.hybrid
+    assert spec.embedding.sentence_transformers.precision == "auto"
 
 
 @pytest.mark.parametrize(
@@ -130,6 +133,18 @@ def test_fine_tune_job_rejects_with_the_field_named(data: dict[str, Any], expect
                 ]
             },
             "spec.adapters[1].name: 'a' is already taken by spec.adapters[0].name",
+        ),
+        (
+            {"knowledgeBaseRef": {"name": "kb", "neighbors": 9}},
+            "spec.knowledgeBaseRef.neighbors: Input should be less than or equal to 8",
+        ),
+        (
+            {"knowledgeBaseRef": {"name": "kb", "rerank": {"candidates": 5}}},
+            "spec.knowledgeBaseRef.rerank.model: Field required",
+        ),
+        (
+            {"knowledgeBaseRef": {"name": "kb", "rerank": {"model": "m", "candidates": 0}}},
+            "spec.knowledgeBaseRef.rerank.candidates: Input should be greater than or equal to 1",
         ),
         (
             {"prompt": {"contextTemplate": "no placeholder"}},

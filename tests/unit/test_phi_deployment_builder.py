@@ -288,3 +288,32 @@ def test_hub_model_without_knowledge_base_has_no_retrieval_and_no_claims() -> No
     assert not [v for v in volumes if "persistentVolumeClaim" in v]
     env = {e["name"] for e in pod_spec(children)["containers"][0]["env"]}
     assert "HF_HUB_OFFLINE" not in env
+
+
+def test_retrieval_defaults_are_the_measured_best_and_rerank_is_passed_on() -> None:
+    # A user who writes only the KnowledgeBase's name gets hybrid search and +-1 neighbour.
+    plain = {**SPEC, "knowledgeBaseRef": {"name": "handbook"}}
+    retrieval = served(build(plain)).retrieval
+    assert retrieval is not None
+    assert (retrieval.top_k, retrieval.hybrid, retrieval.neighbors, retrieval.rerank) == (
+        4,
+        True,
+        1,
+        None,
+    )
+    ref = {
+        "name": "handbook",
+        "neighbors": 0,
+        "hybrid": False,
+        "rerank": {"model": "cross-encoder/ms-marco-MiniLM-L-6-v2", "candidates": 30},
+    }
+    retrieval = served(build({**SPEC, "knowledgeBaseRef": ref})).retrieval
+    assert retrieval is not None and retrieval.rerank is not None
+    assert (retrieval.hybrid, retrieval.neighbors) == (False, 0)
+    assert (retrieval.rerank.model, retrieval.rerank.candidates, retrieval.rerank.device) == (
+        "cross-encoder/ms-marco-MiniLM-L-6-v2",
+        30,
+        KB.device,
+    )
+    # Re-ranking changes what the server does: its config hash, so the pods roll.
+    assert build(plain)[1] != build({**SPEC, "knowledgeBaseRef": ref})[1]

@@ -47,6 +47,8 @@ class ChunkingConfig(_Model):
     strategy: Literal["markdown", "recursive", "fixed"] = "markdown"
     size: int = 200
     overlap: int = 32
+    include_path: bool = True
+    """Lead each chunk's embedded text with its document's path (see `Chunker.chunk`)."""
 
 
 class EmbeddingConfig(_Model):
@@ -54,7 +56,9 @@ class EmbeddingConfig(_Model):
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = 32
-    precision: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """`auto`: bfloat16 autocast where the device computes it natively (see
+    `phiops_embed.precision`), float32 elsewhere."""
     # openai provider only
     base_url: str | None = None
     dimensions: int | None = None
@@ -71,7 +75,7 @@ class StoreConfig(_Model):
     """The physical collection this sync writes (alias + settings fingerprint)."""
     index_type: str = "AUTOINDEX"
     metric: Literal["COSINE", "IP", "L2"] = "COSINE"
-    hybrid: bool = False
+    hybrid: bool = True
 
 
 class ShardConfig(_Model):

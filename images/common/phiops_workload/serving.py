@@ -31,6 +31,16 @@ class AdapterConfig(_Strict):
     """Expected digest of adapter_model.safetensors; a mismatch fails loading."""
 
 
+class RerankConfig(_Strict):
+    """Re-order the first `candidates` hits with a sentence-transformers CrossEncoder before
+    the `top_k` cut."""
+
+    model: str = Field(min_length=1)
+    """Model name or path of the CrossEncoder."""
+    candidates: int = Field(default=20, ge=1, le=200)
+    device: str = "cpu"
+
+
 class RetrievalConfig(_Strict):
     """Retrieval-augmented generation from one knowledge base (a Milvus collection/alias)."""
 
@@ -41,8 +51,13 @@ class RetrievalConfig(_Strict):
     """File holding the Milvus token (a mounted Secret key); none for the embedded store."""
     top_k: int = Field(default=4, ge=1, le=100)
     score_threshold: float | None = None
-    hybrid: bool = False
-    """Fuse dense and BM25 keyword search (where the collection has full text)."""
+    hybrid: bool = True
+    """Fuse dense and BM25 keyword search (where the collection has full text; dense search
+    only where it has none)."""
+    neighbors: int = Field(default=1, ge=0, le=8)
+    """Small-to-big: each hit is handed over with up to this many chunks of its document
+    either side."""
+    rerank: RerankConfig | None = None
     citations: bool = True
     """Return the retrieved sources with each answer."""
     model: str | None = None

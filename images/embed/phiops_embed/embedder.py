@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from phiops_workload.knowledge import EmbeddingConfig
 
 from phiops_embed.chunking import HFTokenizer, Tokenizer
+from phiops_embed.precision import resolve_precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,8 +58,10 @@ class SentenceTransformerEmbedder:
         model: str = DEFAULT_MODEL,
         device: str = "cpu",
         batch_size: int = 32,
-        precision: str = "float32",
+        precision: str = "auto",
     ) -> None:
+        """`precision`: `auto` (bfloat16 where the device computes it natively), `float32`
+        or `bfloat16`."""
         try:
             from sentence_transformers import SentenceTransformer
 
@@ -68,7 +71,8 @@ class SentenceTransformerEmbedder:
         self.name = model
         self.device = device
         self.batch_size = batch_size
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)
+        log.info("embedding with %s in %s on %s", model, self.precision, device)
         self.dimension = self.model.get_embedding_dimension() or 0
         tokenizer = self.model.tokenizer
         specials = int(tokenizer.num_special_tokens_to_add(pair=False))

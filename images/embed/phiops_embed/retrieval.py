@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phiops_workload.knowledge import (
     FIELD_CHUNK_INDEX,
@@ -24,13 +24,25 @@ from phiops_workload.knowledge import (
 from pydantic import BaseModel, ConfigDict
 
 from phiops_embed.embedder import DEFAULT_MODEL, Embedder, SentenceTransformerEmbedder
-from phiops_embed.store import alias_target, connect, guarded, load_collection, read_token
+from phiops_embed.store import (
+    alias_target,
+    connect,
+    guarded,
+    literal,
+    load_collection,
+    read_token,
+)
+
+if TYPE_CHECKING:
+    from phiops_embed.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = [FIELD_DOC_ID, FIELD_SOURCE, FIELD_HEADING, FIELD_CHUNK_INDEX, FIELD_TEXT]
 # Reciprocal-rank fusion constant (the usual 60): hybrid scores are 1/(k+rank) sums.
 RRF_K = 60
+# Shortest shared text taken for the chunker's overlap when joining neighbouring chunks.
+MIN_OVERLAP = 16
 # Metrics and schemas change only with the collection behind the alias: re-read now and then.
 _LAYOUT_TTL_SECONDS = 30.0
 
@@ -69,6 +81,7 @@ class Retriever:
         secret = token if token is not None else read_token(token_file)
         self.client = connect(uri, secret, database)
         self._layout: tuple[float, str, bool] | None = None
+        self._warned_dense = False
 
     def search(
         self,
@@ -76,26 +89,68 @@ class Retriever:
         top_k: int = 5,
         hybrid: bool = False,
         score_threshold: float | None = None,
+        neighbors: int = 0,
+        reranker: Reranker | None = None,
+        candidates: int = 0,
     ) -> list[Hit]:
         """The `top_k` chunks closest to `question`, best first. `hybrid` fuses dense and
         BM25 results (RRF) where the collection has full text; `score_threshold` drops hits
-        scoring below it. Raises StoreUnavailable when Milvus cannot answer."""
+        scoring below it. With `reranker`, the first `candidates` results (at least
+        `top_k`) are re-ordered by its scores before the `top_k` cut, and carry those scores.
+        With `neighbors`, each hit's text is handed over with up to that many chunks of its
+        document either side (small-to-big: a small chunk is found, a larger passage read).
+        Raises StoreUnavailable when Milvus cannot answer."""
         vector = self.embedder.embed([question])[0].tolist()
         metric, has_sparse = self._describe()
-        if hybrid and not has_sparse:
+        use_hybrid = hybrid and has_sparse
+        if hybrid and not has_sparse and not self._warned_dense:
             log.warning("%s has no full-text index: dense search only", self.alias)
+            self._warned_dense = True
+        limit = max(top_k, candidates) if reranker is not None else top_k
         try:
-            raw = self._search(question, vector, top_k, hybrid and has_sparse)
+            raw = self._search(question, vector, limit, use_hybrid)
         except Exception as err:
             if "load" not in str(err).lower():
                 raise
             # milvus-lite restarted (collections come back released): load, ask again.
             load_collection(self.client, self.alias)
-            raw = self._search(question, vector, top_k, hybrid and has_sparse)
-        hits = [self._hit(h, metric, hybrid and has_sparse) for h in raw]
+            raw = self._search(question, vector, limit, use_hybrid)
+        hits = [self._hit(h, metric, use_hybrid) for h in raw]
         if score_threshold is not None:
             hits = [h for h in hits if h.score >= score_threshold]
+        if reranker is not None and hits:
+            hits = reranker.rerank(question, hits)
+        hits = hits[:top_k]
+        if neighbors > 0 and hits:
+            hits = self._widen(hits, neighbors)
         return hits
+
+    def _widen(self, hits: list[Hit], reach: int) -> list[Hit]:
+        """Each hit with the text of up to `reach` chunks either side, read in one query."""
+        clauses = [
+            f"({FIELD_DOC_ID} == {literal(h.doc_id)} and {FIELD_CHUNK_INDEX} >= "
+            f"{h.chunk_index - reach} and {FIELD_CHUNK_INDEX} <= {h.chunk_index + reach})"
+            for h in hits
+        ]
+        call = partial(
+            self.client.query,
+            self.alias,
+            filter=" or ".join(dict.fromkeys(clauses)),
+            output_fields=[FIELD_DOC_ID, FIELD_CHUNK_INDEX, FIELD_TEXT],
+        )
+        rows = guarded("query", call)
+        texts = {
+            (str(r[FIELD_DOC_ID]), int(r[FIELD_CHUNK_INDEX])): str(r[FIELD_TEXT]) for r in rows
+        }
+        widened = []
+        for hit in hits:
+            around = [
+                texts.get((hit.doc_id, i), hit.text if i == hit.chunk_index else None)
+                for i in range(hit.chunk_index - reach, hit.chunk_index + reach + 1)
+            ]
+            text = join_chunks([t for t in around if t is not None])
+            widened.append(hit.model_copy(update={"text": text}))
+        return widened
 
     def close(self) -> None:
         self.client.close()
@@ -157,3 +212,23 @@ class Retriever:
             text=str(entity[FIELD_TEXT]),
             score=-distance if metric == "L2" and not hybrid else distance,
         )
+
+
+def join_chunks(texts: list[str]) -> str:
+    """Consecutive chunks as one passage: the overlap the chunker gave them appears once."""
+    joined = texts[0] if texts else ""
+    for text in texts[1:]:
+        shared = _overlap(joined, text)
+        joined = joined + text[shared:] if shared else f"{joined}\n{text}"
+    return joined
+
+
+def _overlap(left: str, right: str) -> int:
+    """Length of the longest end of `left` that starts `right`, counted only from a word
+    start and from MIN_OVERLAP characters (chunks overlap on whole words, and a chance match
+    of a letter or two between chunks without overlap must not eat text)."""
+    for size in range(min(len(left), len(right)), MIN_OVERLAP - 1, -1):
+        start = len(left) - size
+        if (start == 0 or left[start - 1].isspace()) and left.endswith(right[:size]):
+            return size
+    return 0

@@ -177,7 +177,8 @@ class _Sync:
             if forced != "auto":
                 fmt = forced
             text = extract(doc.data, fmt, doc.content_type)
-            chunks = self.chunker.chunk(text.text, text.structured)
+            title = doc.name if self.config.chunking.include_path else ""
+            chunks = self.chunker.chunk(text.text, text.structured, title)
         except ExtractionError as err:
             self._fail(doc, str(err), previous)
             return

@@ -19,6 +19,7 @@ from phiops_workload.serving import RetrievalConfig
 
 if TYPE_CHECKING:
     from phiops_embed.embedder import Embedder
+    from phiops_embed.rerank import Reranker
     from phiops_embed.retrieval import Hit, Retriever
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class KnowledgeBase:
         self.error: str | None = None
         self.attempts = 0
         self._embedder: Embedder | None = None
+        self._reranker: Reranker | None = None
         # One thread: searches share the embedding model and the Milvus client.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrieval")
 
@@ -69,6 +71,11 @@ class KnowledgeBase:
         if self._embedder is None:  # loaded once, kept across retries
             model = self.config.model or DEFAULT_MODEL
             self._embedder = SentenceTransformerEmbedder(model, self.config.device)
+        rerank = self.config.rerank
+        if rerank is not None and self._reranker is None:
+            from phiops_embed.rerank import Reranker
+
+            self._reranker = Reranker(rerank.model, rerank.device)
         retriever = Retriever(
             self.config.uri,
             self.config.collection,
@@ -125,6 +132,9 @@ class KnowledgeBase:
             top_k or self.config.top_k,
             self.config.hybrid if hybrid is None else hybrid,
             self.config.score_threshold if score_threshold is None else score_threshold,
+            neighbors=self.config.neighbors,
+            reranker=self._reranker,
+            candidates=self.config.rerank.candidates if self.config.rerank else 0,
         )
         started = time.monotonic()
         try:

@@ -22,6 +22,7 @@ from phiops_workload.serving import (
     DEFAULT_ADMIN_PORT,
     AdapterConfig,
     EngineConfig,
+    RerankConfig,
     RetrievalConfig,
     ServeConfig,
 )
@@ -43,7 +44,7 @@ from phiops_operator.builders.common import (
 )
 from phiops_operator.config import OperatorConfig
 from phiops_operator.models.base import SecretKeyRef
-from phiops_operator.models.phi_deployment import Adapter, PhiDeploymentSpec
+from phiops_operator.models.phi_deployment import Adapter, KnowledgeBaseRef, PhiDeploymentSpec
 
 SERVER_COMPONENT = "server"
 CONFIG_COMPONENT = "server-config"
@@ -130,6 +131,13 @@ def _in_claim(claim_name: str, path: str) -> str:
     return root if path == "." else f"{root}/{path}"
 
 
+def _rerank(ref: KnowledgeBaseRef, device: str) -> RerankConfig | None:
+    """The re-ranker runs where the query embedder does (the KnowledgeBase's device)."""
+    if ref.rerank is None:
+        return None
+    return RerankConfig(model=ref.rerank.model, candidates=ref.rerank.candidates, device=device)
+
+
 def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
     """What the server loads: the contract in phiops_workload.serving."""
     model = spec.model
@@ -145,6 +153,8 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
             top_k=ref.top_k,
             score_threshold=ref.score_threshold,
             hybrid=ref.hybrid,
+            neighbors=ref.neighbors,
+            rerank=_rerank(ref, kb.device),
             citations=ref.citations,
             model=kb.model,
             device=kb.device,

@@ -38,6 +38,16 @@ class Adapter(KubeModel):
         return self
 
 
+class Rerank(KubeModel):
+    """A sentence-transformers CrossEncoder that scores (question, chunk) pairs."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    """Model name or path the serving pods can load (e.g. a model-hub id pre-cached in the
+    image, or a folder on a mounted volume)."""
+    candidates: Annotated[int, Field(ge=1, le=200)] = 20
+    """Retrieved chunks the model re-orders; `topK` of them are kept."""
+
+
 class KnowledgeBaseRef(KubeModel):
     """Retrieval-augmented generation from a KnowledgeBase."""
 
@@ -47,8 +57,14 @@ class KnowledgeBaseRef(KubeModel):
     """Chunks retrieved per question."""
     score_threshold: Annotated[float, Field(ge=-1, le=1)] | None = None
     """Drop chunks scoring below this similarity."""
-    hybrid: bool = False
-    """Combine dense and BM25 keyword search (the KnowledgeBase must have hybrid on)."""
+    hybrid: bool = True
+    """Combine dense and BM25 keyword search (RRF) where the KnowledgeBase indexes full text
+    (`vectorStore.milvus.hybrid`, on by default); dense search alone where it does not."""
+    neighbors: Annotated[int, Field(ge=0, le=8)] = 1
+    """Small-to-big: hand each retrieved chunk over with up to this many chunks of its
+    document either side (0: the chunk alone)."""
+    rerank: Rerank | None = None
+    """Re-order the first candidates with a cross-encoder before the `topK` cut."""
     citations: bool = True
     """Return the sources (document, chunk, score) with each answer."""
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -11,8 +12,10 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from phiops_serve.knowledge import KnowledgeBase
 from phiops_serve.rag import Augmenter
-from phiops_workload.serving import ServeConfig
+from phiops_workload.serving import RerankConfig, ServeConfig
 from transformers import AutoTokenizer
+
+from tests.unit.embed.crossencoder import make_cross_encoder, reference_scores
 
 from .conftest import (
     ADAPTER,
@@ -150,7 +153,7 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
 async def test_without_citations_the_answer_is_grounded_but_cites_nothing(
     serve_config: ServeConfig, knowledge_store: KnowledgeStore
 ) -> None:
-    retrieval = retrieval_config(knowledge_store, citations=False, top_k=2)
+    retrieval = retrieval_config(knowledge_store, citations=False, top_k=2, hybrid=False)
     config = serve_config.model_copy(update={"retrieval": retrieval})
     knowledge = KnowledgeBase(retrieval, retry_seconds=0.2)
     await knowledge.open()
@@ -166,3 +169,34 @@ async def test_without_citations_the_answer_is_grounded_but_cites_nothing(
         wait_until(lambda: get_json(f"{url}/readyz")[1]["retrieval"]["ready"], 60, "retrieval")
         hits = retrieve(client_for(url), query=QUESTION)["data"]
     assert len(hits) == 2 and hits[0]["score"] > RRF_MAX
+
+
+async def test_the_configured_reranker_orders_what_the_server_retrieves(
+    knowledge_store: KnowledgeStore, tmp_path: Path
+) -> None:
+    """serve.json's retrieval.rerank loads the CrossEncoder and its scores order the hits
+    (a tiny random one made here: its order, not its sense, is what is checked)."""
+    model = make_cross_encoder(tmp_path / "cross-encoder", seed=1)
+    plain = retrieval_config(knowledge_store, top_k=6, neighbors=0)
+    ranked = retrieval_config(
+        knowledge_store,
+        top_k=2,
+        neighbors=0,
+        rerank=RerankConfig(model=str(model), candidates=6),
+    )
+    before = KnowledgeBase(plain, retry_seconds=0.2)
+    after = KnowledgeBase(ranked, retry_seconds=0.2)
+    await before.open()
+    await after.open()
+    try:
+        candidates = await before.search(QUESTION)
+        hits = await after.search(QUESTION)
+    finally:
+        before.close()
+        after.close()
+    logits = reference_scores(model, QUESTION, [h.text for h in candidates])
+    best = sorted(range(len(candidates)), key=lambda i: -logits[i])[:2]
+    assert best != [0, 1]  # the model disagrees with the search's own order here
+    assert [(h.doc_id, h.chunk_index) for h in hits] == [
+        (candidates[i].doc_id, candidates[i].chunk_index) for i in best
+    ]

@@ -1,0 +1,161 @@
+"""The retrieval stages that lift grounded answers: the document's path in the embedded
+text, small-to-big neighbours and an optional cross-encoder re-ranker; on the real MiniLM
+and a real milvus-lite server."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from phiops_embed.chunking import Chunker
+from phiops_embed.embedder import SentenceTransformerEmbedder
+from phiops_embed.rerank import Reranker
+from phiops_embed.retrieval import Retriever, join_chunks
+from phiops_embed.store import connect
+from phiops_embed.sync import run_sync
+from phiops_workload.knowledge import (
+    FIELD_CHUNK_INDEX,
+    FIELD_DOC_ID,
+    FIELD_HEADING,
+    FIELD_TEXT,
+    FIELD_VECTOR,
+    ChunkingConfig,
+)
+
+from tests.unit.embed.conftest import StoreServer, job_config
+from tests.unit.embed.crossencoder import make_cross_encoder, reference_scores
+
+MANUAL = "\n\n".join(
+    f"Step {n}. " + " ".join(f"The {word} valve number {n} turns {n} times." for word in words)
+    for n, words in enumerate(
+        [
+            ["red", "blue"],
+            ["green", "amber"],
+            ["violet", "white"],
+            ["black", "grey"],
+            ["orange", "pink"],
+            ["cyan", "teal"],
+        ],
+        start=1,
+    )
+)
+
+
+def test_the_title_leads_the_embedded_text_but_not_the_stored_heading(
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    chunker = Chunker(ChunkingConfig(), embedder.tokenizer, embedder.max_tokens)
+    plain = chunker.chunk("# Refunds\n\nMoney back within 14 days.")
+    titled = chunker.chunk("# Refunds\n\nMoney back within 14 days.", title="policies/shop.md")
+    assert [c.heading for c in titled] == [c.heading for c in plain] == ["Refunds"]
+    assert plain[0].embed_text == "Refunds\nMoney back within 14 days."
+    assert titled[0].embed_text == "policies/shop.md > Refunds\nMoney back within 14 days."
+    assert titled[0].tokens == embedder.tokenizer.count(titled[0].embed_text)
+    # Outside any heading, the title alone leads.
+    text = chunker.chunk("Plain words.", structured=False, title="notes.txt")[0]
+    assert (text.heading, text.embed_text) == ("", "notes.txt\nPlain words.")
+
+
+@pytest.mark.parametrize("include_path", [True, False])
+def test_the_sync_embeds_the_path_when_asked(
+    store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path, include_path: bool
+) -> None:
+    chunking = ChunkingConfig(include_path=include_path)
+    config = job_config(store.uri, docs, chunking=chunking)
+    run_sync(config, embedder)
+    client = connect(store.uri)
+    rows = client.query(
+        config.store.collection,
+        filter=f'{FIELD_DOC_ID} == "docs/policies/refunds.md"',
+        output_fields=[FIELD_HEADING, FIELD_TEXT, FIELD_VECTOR],
+    )
+    assert rows
+    for row in rows:
+        lead = " > ".join(
+            p for p in ("policies/refunds.md" if include_path else "", row[FIELD_HEADING]) if p
+        )
+        expected = embedder.embed([f"{lead}\n{row[FIELD_TEXT]}"])[0]
+        assert float(np.dot(expected, np.asarray(row[FIELD_VECTOR]))) > 0.9999
+        assert not row[FIELD_HEADING].startswith("policies")  # citations stay clean
+
+
+def test_join_chunks_keeps_the_overlap_once() -> None:
+    first = "alpha beta gamma delta epsilon zeta eta theta"
+    second = "epsilon zeta eta theta iota kappa"
+    joined = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    assert join_chunks([first, second]) == joined
+    # No shared words (overlap 0): both kept whole, on their own lines.
+    assert join_chunks(["ends with a", "a begins"]) == "ends with a\na begins"
+    assert join_chunks(["only"]) == "only"
+
+
+def _manual_kb(store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path) -> str:
+    (docs / "valves.txt").write_text(MANUAL)
+    chunking = ChunkingConfig(strategy="recursive", size=24, overlap=0, include_path=False)
+    config = job_config(store.uri, docs, chunking=chunking, hybrid=True)
+    run_sync(config, embedder)
+    return config.store.alias
+
+
+def test_neighbors_hand_over_the_chunks_either_side(
+    store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path
+) -> None:
+    alias = _manual_kb(store, embedder, docs)
+    retriever = Retriever(store.uri, alias, embedder=embedder)
+    client = connect(store.uri)
+    rows = client.query(
+        alias,
+        filter=f'{FIELD_DOC_ID} == "docs/valves.txt"',
+        output_fields=[FIELD_CHUNK_INDEX, FIELD_TEXT],
+    )
+    chunks = {int(r[FIELD_CHUNK_INDEX]): r[FIELD_TEXT] for r in rows}
+    assert len(chunks) >= 4
+    question = "How many times does the violet valve turn?"
+    alone = retriever.search(question, top_k=3, hybrid=True)
+    wide = retriever.search(question, top_k=3, hybrid=True, neighbors=1)
+    assert [(h.doc_id, h.chunk_index, h.score) for h in wide] == [
+        (h.doc_id, h.chunk_index, h.score) for h in alone
+    ]
+    for hit in wide:
+        if hit.doc_id != "docs/valves.txt":
+            continue
+        i = hit.chunk_index
+        expected = [chunks[j] for j in (i - 1, i, i + 1) if j in chunks]
+        assert hit.text == "\n".join(expected)
+    assert any(h.doc_id == "docs/valves.txt" for h in wide)
+    retriever.close()
+
+
+def test_the_reranker_orders_the_candidates_by_its_scores_before_the_cut(
+    store: StoreServer,
+    embedder: SentenceTransformerEmbedder,
+    docs: Path,
+    tmp_path: Path,
+) -> None:
+    alias = _manual_kb(store, embedder, docs)
+    model = make_cross_encoder(tmp_path / "cross-encoder")
+    reranker = Reranker(str(model))
+    retriever = Retriever(store.uri, alias, embedder=embedder)
+    question = "Which valve turns four times?"
+    candidates = retriever.search(question, top_k=10)
+    assert len(candidates) == 10
+    logits = reference_scores(model, question, [h.text for h in candidates])
+    by_model = sorted(range(10), key=lambda i: -logits[i])
+    assert by_model[:3] != [0, 1, 2]  # the model disagrees with the dense order here
+    hits = retriever.search(question, top_k=3, reranker=reranker, candidates=10)
+    assert [(h.doc_id, h.chunk_index) for h in hits] == [
+        (candidates[i].doc_id, candidates[i].chunk_index) for i in by_model[:3]
+    ]
+    # Each hit carries the model's score (its logit through the CrossEncoder's sigmoid).
+    for hit, i in zip(hits, by_model, strict=False):
+        assert hit.score == pytest.approx(1 / (1 + math.exp(-logits[i])), abs=1e-5)
+    retriever.close()
+
+
+def test_a_missing_reranker_model_fails_naming_it(tmp_path: Path) -> None:
+    from phiops_embed.embedder import EmbeddingError
+
+    with pytest.raises(EmbeddingError, match=r"re-ranking model .*nowhere"):
+        Reranker(str(tmp_path / "nowhere"))
