@@ -21,6 +21,7 @@ import yaml
 from tests.helpers import CRD_DIR
 
 if TYPE_CHECKING:
+    from phiops_devcluster.milvus_server import MilvusServer
     from phiops_devcluster.plane import ControlPlane
 
 
@@ -154,3 +155,14 @@ def operator(crds: Cluster) -> Iterator[int]:
         with KopfRunner(args, timeout=60) as runner:
             yield metrics_port
     assert runner.exception is None, runner.exception
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """One real Milvus standalone server (2.3.5) per session, started on first use; a test
+    that needs it fails with the reason when it cannot start (one per machine: its etcd
+    takes 127.0.0.1:2379). Killed with its process group at the end."""
+    from phiops_devcluster.milvus_server import MilvusServer
+
+    with MilvusServer(tmp_path_factory.mktemp("milvus-server")) as server:
+        yield server

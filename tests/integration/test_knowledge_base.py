@@ -512,11 +512,16 @@ def test_reclaim_policy_decides_what_deleting_keeps(docs: Cluster) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def external_milvus(docs: Cluster) -> Any:
-    """A Milvus the operator did not create: a milvus-lite server on the pods' gateway
-    address (10.244.0.1), reachable from pods and from the operator alike."""
+@pytest.fixture(scope="module", params=["milvus-lite", "milvus-server"])
+def external_milvus(request: pytest.FixtureRequest, docs: Cluster) -> Any:
+    """A Milvus the operator did not create, reachable from pods and from the operator alike
+    on the pods' gateway address (10.244.0.1): a milvus-lite server, and a real Milvus
+    standalone server (2.3.5, which listens on every interface)."""
     from tests.conftest import free_port
+
+    if request.param == "milvus-server":
+        yield request.getfixturevalue("milvus_server").uri_at(GATEWAY)
+        return
 
     port = free_port()
     data = docs.state_dir.parent / "external-milvus"
@@ -585,33 +590,98 @@ def test_unreachable_milvus_is_a_condition_not_a_crash(docs: Cluster) -> None:
     docs.kubectl("delete", "kb", "-n", NS, "nowhere", "--wait=true", "--timeout=60s")
 
 
-def test_external_milvus_sync_on_request_and_delete_drops_only_ours(
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    found = [c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == type_]
+    assert found, f"no {type_} condition"
+    return found[0]  # type: ignore[no-any-return]
+
+
+def strong_count(client: Any, collection: str) -> int:
+    """Rows as of now (Strong: Milvus's default, Bounded, may miss a write just made)."""
+    (row,) = client.query(
+        collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+    )
+    return int(row["count(*)"])
+
+
+def test_external_milvus_sync_resync_switch_search_and_delete_drops_only_ours(
     docs: Cluster, external_milvus: str
 ) -> None:
+    from phiops_embed.retrieval import Retriever
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri=external_milvus)
-    client.create_collection("not_ours", dimension=4)  # must survive the clean-up
+    if "not_ours" not in client.list_collections():
+        client.create_collection("not_ours", dimension=4)  # must survive the clean-up
+    apply(
+        docs,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ext-docs"}, "data": DOCS},
+    )
     apply(
         docs,
         knowledge_base(
             "ext",
-            [{"name": "h", "configMap": {"name": "docs"}}],
-            vectorStore={"milvus": {"uri": external_milvus, "collection": "ext_kb"}},
+            [{"name": "h", "configMap": {"name": "ext-docs"}}],
+            vectorStore={
+                "milvus": {"uri": external_milvus, "collection": "ext_kb", "hybrid": True}
+            },
             reclaimPolicy="Delete",
         ),
     )
     first = wait_synced(docs, "ext")
     assert first["status"]["storeUri"] == external_milvus
     assert get(docs, "deployment", "ext-store") is None  # no embedded store for an external one
-    assert (
-        client.describe_alias("ext_kb")["collection_name"] == first["status"]["physicalCollection"]
-    )
+    physical = first["status"]["physicalCollection"]
+    assert client.describe_alias("ext_kb")["collection_name"] == physical
+    assert strong_count(client, physical) == first["status"]["chunks"]
+    # Hybrid asked for: a server without BM25 says so and serves dense search; no warning of
+    # size for an external store.
+    features = condition(first, "StoreFeaturesMissing")
+    fields = [f["name"] for f in client.describe_collection(physical)["fields"]]
+    if not client.get_server_version().startswith("milvus_lite"):
+        assert (features["status"], features["reason"]) == ("True", "ServerLacksFeatures")
+        assert "v2.3.5" in features["message"] and "BM25 full-text search" in features["message"]
+        assert "sparse" not in fields
+    else:
+        assert features["status"] == "False" and "sparse" in fields
+    assert condition(first, "StoreSizeWarning")["status"] == "False"
+    assert ready(first)["status"] == "True"  # type: ignore[index]
 
     docs.kubectl("annotate", "kb", "-n", NS, "ext", "phiops.dev/sync-requested=1", "--overwrite")
     again = wait_synced(docs, "ext", after=first["status"]["syncId"])
     documents = again["status"]["documents"]
     assert documents["unchanged"] == documents["total"] == first["status"]["documents"]["total"]
+
+    # Re-sync with a deletion: the document's rows leave the server's collection.
+    fewer = {k: v for k, v in DOCS.items() if k != "shipping.html"}
+    apply(
+        docs,
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ext-docs"}, "data": fewer},
+    )
+    pruned = wait_synced(docs, "ext", after=again["status"]["syncId"])
+    assert pruned["status"]["documents"]["deleted"] == 1
+    assert strong_count(client, physical) == pruned["status"]["chunks"]
+    # The inference server's retriever (hybrid asked, as a PhiDeployment may) finds the rest.
+    retriever = Retriever(external_milvus, "ext_kb")
+    hits = retriever.search("Where do orders ship from? Rotterdam warehouse", top_k=10, hybrid=True)
+    assert hits and all(h.doc_id != "h/shipping.html" for h in hits)
+    refund = retriever.search("How many days do I have to return a product?", hybrid=True)
+    assert refund[0].doc_id == "h/returns.md"
+
+    # A settings change: a new collection, the alias switched, the old one dropped.
+    docs.kubectl(
+        "patch", "-n", NS, "kb", "ext", "--type=merge",
+        "-p", '{"spec": {"chunking": {"size": 48, "overlap": 4}}}',
+    )  # fmt: skip
+    switched = wait_synced(docs, "ext", after=pruned["status"]["syncId"])
+    assert switched["status"]["physicalCollection"] != physical
+    assert (
+        client.describe_alias("ext_kb")["collection_name"]
+        == (switched["status"]["physicalCollection"])
+    )
+    assert physical not in client.list_collections()
+    assert retriever.search("How long is the warranty?")[0].doc_id == "h/warranty.md"
+    retriever.close()
 
     docs.kubectl("delete", "kb", "-n", NS, "ext", "--wait=true", "--timeout=120s")
     remaining = set(client.list_collections())
@@ -619,6 +689,7 @@ def test_external_milvus_sync_on_request_and_delete_drops_only_ours(
     assert not any(name.startswith("ext_kb") for name in remaining)
     # The drop Job (owned by nobody once its KnowledgeBase went) is not left behind.
     eventually(lambda: get(docs, "job", "ext-drop") is None, 30, "the drop Job deleted")
+    client.drop_collection("not_ours")
 
 
 def test_knowledge_base_metrics(docs: Cluster, operator: int) -> None:

@@ -1,6 +1,7 @@
 """Status of a KnowledgeBase computed from tables of observed states."""
 
 from phiops_operator.status.knowledge_base import (
+    EMBEDDED_STORE_FAST_CHUNKS,
     KnowledgeBaseObservation,
     ShardObservation,
     SyncObservation,
@@ -49,6 +50,8 @@ def test_succeeded_sync_is_ready_with_figures() -> None:
         "Reconciling": "False",
         "Stalled": "False",
         "Accepted": "True",
+        "StoreSizeWarning": "False",
+        "StoreFeaturesMissing": "False",
     }
     assert fields["documents"]["total"] == 4
     assert fields["chunks"] == 12
@@ -137,3 +140,53 @@ def test_sharded_sync_is_ready_only_after_the_alias_switch() -> None:
         "False",
         "VectorStoreUnavailable",
     )
+
+
+def synced_with(**extra: object) -> SyncObservation:
+    """A finished sync whose figures carry `extra` (chunks, server version, gaps)."""
+    result = WorkloadResult(
+        outcome="Succeeded", reason="Synced", figures={**figures(4, 4), **extra}
+    )
+    return SyncObservation("s1", [ShardObservation("j", "succeeded", result, finished="t")])
+
+
+def test_a_large_embedded_store_warns_and_names_the_limit_and_the_fix() -> None:
+    big = synced_with(chunks=EMBEDDED_STORE_FAST_CHUNKS + 1)
+    conds, _ = compute(KnowledgeBaseObservation(**BASE, current=big, last_success=big))
+    by_type = {c.type: c for c in conds}
+    warning = by_type["StoreSizeWarning"]
+    assert (warning.status, warning.reason) == ("True", "EmbeddedStoreLarge")
+    assert f"{EMBEDDED_STORE_FAST_CHUNKS:,}" in warning.message
+    assert "vectorStore.milvus.uri" in warning.message
+    assert by_type["Ready"].status == "True"  # a warning, not a failure
+
+
+def test_size_warning_only_above_the_limit_and_never_for_a_milvus_server() -> None:
+    at_limit = synced_with(chunks=EMBEDDED_STORE_FAST_CHUNKS)
+    assert reasons(KnowledgeBaseObservation(**BASE, current=at_limit, last_success=at_limit))[
+        "StoreSizeWarning"
+    ] == ("False", "WithinLimit")
+    big = synced_with(chunks=10 * EMBEDDED_STORE_FAST_CHUNKS)
+    external = KnowledgeBaseObservation(**BASE, embedded=False, current=big, last_success=big)
+    assert reasons(external)["StoreSizeWarning"] == ("False", "WithinLimit")
+
+
+def test_missing_server_features_are_a_condition_naming_version_and_feature() -> None:
+    old = synced_with(
+        server_version="v2.3.5-lite", missing_features=["BM25 full-text search", "hybrid_search"]
+    )
+    obs = KnowledgeBaseObservation(**BASE, embedded=False, current=old, last_success=old)
+    conds, _ = compute(obs)
+    by_type = {c.type: c for c in conds}
+    missing = by_type["StoreFeaturesMissing"]
+    assert (missing.status, missing.reason) == ("True", "ServerLacksFeatures")
+    assert "v2.3.5-lite" in missing.message
+    assert "BM25 full-text search or hybrid_search" in missing.message
+    assert "dense vector search" in missing.message
+    assert by_type["Ready"].status == "True"
+
+
+def test_features_condition_clears_when_a_sync_finds_them() -> None:
+    new = synced_with(server_version="v2.5.4", missing_features=[])
+    obs = KnowledgeBaseObservation(**BASE, embedded=False, current=new, last_success=new)
+    assert reasons(obs)["StoreFeaturesMissing"] == ("False", "AllFeaturesAvailable")

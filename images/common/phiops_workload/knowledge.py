@@ -117,6 +117,10 @@ class SyncFigures(_Model):
     dimension: int
     duration_seconds: float
     chunks_embedded: int = 0
+    server_version: str = ""
+    """What the Milvus server reported (`milvus_lite-...` for the embedded store)."""
+    missing_features: list[str] = Field(default_factory=list)
+    """Features the spec asked for that the server lacks (served without them)."""
 
 
 # Reasons the embedder reports (they become the KnowledgeBase's Ready condition reason).

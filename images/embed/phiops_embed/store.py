@@ -26,6 +26,7 @@ from phiops_workload.knowledge import (
     FIELD_VECTOR,
     StoreConfig,
 )
+from phiops_workload.store_features import ServerFeatures, features_of
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,12 @@ def connect(
         if database != "default":
             if create_database and database not in client.list_databases():
                 client.create_database(database)
-            client.use_database(database)
+            # A client opened on the database, not `use_database`: Milvus 2.3 lacks the
+            # DescribeDatabase call that one makes.
+            client.close()
+            client = MilvusClient(
+                uri=uri, token=token, db_name=database, timeout=CONNECT_TIMEOUT_SECONDS
+            )
         client.list_collections()
         return client
 
@@ -136,6 +142,11 @@ class VectorStore:
     def open(cls, store: StoreConfig) -> VectorStore:
         client = connect(store.uri, read_token(store.token_file), store.database, True)
         return cls(client, store.collection)
+
+    def features(self) -> ServerFeatures:
+        """What the server can do (asked before creating a collection that needs it)."""
+        version = guarded("get_server_version", lambda: self.client.get_server_version())
+        return features_of(str(version))
 
     def ensure_collection(self, store: StoreConfig, dimension: int, description: str) -> bool:
         """Create the collection with the shared layout if absent. True when created."""
@@ -214,8 +225,14 @@ class VectorStore:
         found: dict[str, StoredDocument] = {}
 
         def run() -> None:
+            # Strong: the rows a killed run wrote a moment ago must be seen, or they would be
+            # written twice. (Milvus defaults to Bounded; searches keep that.)
             iterator = self.client.query_iterator(
-                self.collection, batch_size=SCAN_BATCH, filter="", output_fields=fields
+                self.collection,
+                batch_size=SCAN_BATCH,
+                filter="",
+                output_fields=fields,
+                consistency_level="Strong",
             )
             try:
                 while rows := iterator.next():

@@ -34,6 +34,7 @@ from phiops_workload.knowledge import (
     chunk_id,
 )
 from phiops_workload.runtime import WorkloadError
+from phiops_workload.store_features import missing_message
 
 from phiops_embed.chunking import Chunk, Chunker
 from phiops_embed.embedder import Embedder, EmbeddingError, load_embedder
@@ -292,7 +293,15 @@ def run_sync(
             "chunking": config.chunking.model_dump(),
         }
     )
-    store.ensure_collection(config.store, embedder.dimension, description)
+    # Before creating the collection: a server without BM25 gets a dense-only one, not a
+    # half-made one (the readers then search dense vectors).
+    features = store.features()
+    missing = features.missing(config.store.hybrid)
+    layout = config.store
+    if missing:
+        log.warning("%s", missing_message(features.version, missing))
+        layout = layout.model_copy(update={"hybrid": False})
+    store.ensure_collection(layout, embedder.dimension, description)
     began = time.monotonic()
     existing = store.scan()
     log.info(
@@ -315,7 +324,9 @@ def run_sync(
         promoted = True
     sync.timings.total = time.monotonic() - started
     log.info("sync done: %s", sync.counters.line())
-    figures = sync.figures(sync.timings.total)
+    figures = sync.figures(sync.timings.total).model_copy(
+        update={"server_version": features.version, "missing_features": missing}
+    )
     return SyncReport(figures=figures, timings=sync.timings, promoted=promoted, dropped=dropped)
 
 

@@ -227,6 +227,7 @@ async def step(context: Context, spec: KnowledgeBaseSpec) -> StatusUpdate:
         status.KnowledgeBaseObservation(
             store_uri=uri,
             alias=plan.alias,
+            embedded=spec.vector_store.milvus.uri is None,
             store_ready=store_ready,
             store_message=store_message,
             missing_sources=missing,

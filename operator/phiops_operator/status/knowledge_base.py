@@ -8,6 +8,7 @@ from typing import Any
 
 from phiops_workload.contracts import WorkloadResult
 from phiops_workload.knowledge import REASON_EMBEDDING_FAILED, SyncFigures
+from phiops_workload.store_features import missing_message
 from pydantic import ValidationError
 
 from phiops_operator import conditions
@@ -15,6 +16,16 @@ from phiops_operator.conditions import Observation
 from phiops_operator.status.common import ACCEPTED, JobState
 
 MAX_FAILED_NAMES = 20
+
+# Advisory conditions (abnormal-true, like Stalled): always written, False when all is well,
+# so that one raised earlier is cleared.
+STORE_SIZE_WARNING = "StoreSizeWarning"
+STORE_FEATURES_MISSING = "StoreFeaturesMissing"
+# milvus-lite scans every row per search: search p99 grows linearly with the rows it holds.
+# Measured in issue 12 on these 2-core machines: p99 2.0 s at 100k 384-d chunks, so about
+# 0.5 s at 25k; a Milvus server answers in milliseconds (benchmarks/bench_vector_store.py
+# measures both side by side; its run here is still to be recorded).
+EMBEDDED_STORE_FAST_CHUNKS = 25_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class SyncObservation:
 class KnowledgeBaseObservation:
     store_uri: str
     alias: str
+    embedded: bool = True
+    """The store is the operator's milvus-lite pod (no vectorStore.milvus.uri)."""
     store_ready: bool = True
     store_message: str = ""
     missing_sources: Sequence[str] = ()
@@ -119,7 +132,44 @@ def failure(sync: SyncObservation) -> tuple[str, str]:
     return REASON_EMBEDDING_FAILED, "sync failed"
 
 
+def store_advice(obs: KnowledgeBaseObservation, chunks: int) -> list[Observation]:
+    """Warnings that do not stop anything: an embedded store holding more chunks than it
+    searches fast, and features the spec asked for that the Milvus server lacks."""
+    if obs.embedded and chunks > EMBEDDED_STORE_FAST_CHUNKS:
+        size = Observation(
+            STORE_SIZE_WARNING,
+            "True",
+            "EmbeddedStoreLarge",
+            f"the embedded store holds {chunks:,} chunks; it searches by scanning every row "
+            f"and is fast up to about {EMBEDDED_STORE_FAST_CHUNKS:,} (see docs/"
+            "knowledge-bases.md): point vectorStore.milvus.uri at a Milvus server",
+        )
+    else:
+        size = Observation(STORE_SIZE_WARNING, "False", "WithinLimit")
+    missing: list[str] = []
+    version = ""
+    for shard in shard_figures(obs.last_success) if obs.last_success else []:
+        missing = missing or shard.missing_features
+        version = version or shard.server_version
+    if missing:
+        features = Observation(
+            STORE_FEATURES_MISSING,
+            "True",
+            "ServerLacksFeatures",
+            missing_message(version, missing),
+        )
+    else:
+        features = Observation(STORE_FEATURES_MISSING, "False", "AllFeaturesAvailable")
+    return [size, features]
+
+
 def compute(obs: KnowledgeBaseObservation) -> tuple[list[Observation], dict[str, Any]]:
+    """Conditions and status fields (with the store's advisory conditions)."""
+    observed, fields = _compute(obs)
+    return [*observed, *store_advice(obs, int(fields.get("chunks") or 0))], fields
+
+
+def _compute(obs: KnowledgeBaseObservation) -> tuple[list[Observation], dict[str, Any]]:
     """Conditions and status fields. Figures always come from the last successful sync."""
     fields: dict[str, Any] = {"storeUri": obs.store_uri, "collection": obs.alias}
     if obs.last_success is not None:

@@ -1,0 +1,165 @@
+"""A real Milvus standalone server (the PyPI package `milvus`, v2.3.5) for tests and
+benchmarks: the "external store" a KnowledgeBase reaches by URI.
+
+Facts that shape this helper (measured on these machines):
+- its embedded etcd always listens on 127.0.0.1:2379/2380, so one instance per machine;
+- SIGTERM leaves it running for minutes: it is stopped by SIGKILL to its process group
+  (its data survives that, as after a crash);
+- it writes `/run/milvus/standalone.pid` and `/tmp/milvus/server_id_<pid>` outside its data
+  directory, which stop() removes.
+Development tooling only: in a cluster Milvus runs from its own chart or operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ETCD_PORTS = (2379, 2380)
+START_TIMEOUT_SECONDS = 120.0
+LOG_TAIL_BYTES = 3000
+
+
+class MilvusServerError(RuntimeError):
+    """The server could not be started; the message says why."""
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+class MilvusServer:
+    """One Milvus standalone process with its data, config and logs under `data_dir`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.health_port = 0
+
+    @property
+    def uri(self) -> str:
+        """Its gRPC address on loopback; it listens on every interface at this port."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def uri_at(self, host: str) -> str:
+        """Its address as seen from elsewhere, e.g. pods reaching the host at a gateway."""
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> MilvusServer:
+        taken = [p for p in ETCD_PORTS if _port_taken(p)]
+        if taken:
+            raise MilvusServerError(
+                f"127.0.0.1:{taken[0]} is in use: Milvus's embedded etcd needs ports "
+                f"{ETCD_PORTS}, so only one such server can run on a machine (is another "
+                "one running?)"
+            )
+        from milvus import MilvusServerConfig, _initialize_data_files
+
+        config = MilvusServerConfig(data_dir=str(self.data_dir))
+        config.resolve()  # free ports from Milvus's defaults on, milvus.yaml written
+        _initialize_data_files(str(self.data_dir))  # unpacks the binaries (6 s, 246 MB)
+        self.port = int(config.get("proxy_port"))
+        health_port, probe = config.resolve_port(9091)
+        probe.close()
+        self.health_port = int(health_port)
+        bin_dir = self.data_dir / "bin"
+        env = {
+            **os.environ,
+            "DEPLOY_MODE": "STANDALONE",
+            "METRICS_PORT": str(self.health_port),
+            "MILVUS_RUN_DIR": str(self.data_dir / "run"),
+            "LD_LIBRARY_PATH": ":".join([str(bin_dir), os.environ.get("LD_LIBRARY_PATH", "")]),
+        }
+        log = (self.data_dir / "logs" / "milvus.log").open("ab")
+        with log:
+            self.proc = subprocess.Popen(
+                [str(bin_dir / "milvus"), "run", "standalone"],
+                cwd=self.data_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own group: stop() kills all of it
+            )
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
+        url = f"http://127.0.0.1:{self.health_port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise MilvusServerError(
+                    f"Milvus exited with code {self.proc.returncode} while starting; its log "
+                    f"ends with:\n{self.log_tail()}"
+                )
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=2) as resp,
+            ):
+                if b"OK" in resp.read():
+                    return
+            time.sleep(0.25)
+        raise MilvusServerError(
+            f"Milvus did not answer {url} within {timeout:.0f} s; its log ends with:\n"
+            f"{self.log_tail()}"
+        )
+
+    def log_tail(self) -> str:
+        path = self.data_dir / "logs" / "milvus.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                return f.read().decode(errors="replace")
+        except OSError as err:
+            return f"(no log: {err})"
+
+    def memory_mb(self) -> float:
+        """Resident memory of the server process (for the benchmark's record)."""
+        if self.proc is None:
+            return 0.0
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        """SIGKILL the server's process group (SIGTERM does not stop it), then remove the
+        files it left outside its data directory."""
+        if self.proc is None:
+            return
+        pid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+        with contextlib.suppress(OSError):
+            pid_file = Path("/run/milvus/standalone.pid")
+            if pid_file.read_text().strip() == str(pid):
+                pid_file.unlink()
+        Path(f"/tmp/milvus/server_id_{pid}").unlink(missing_ok=True)
+
+    def __enter__(self) -> MilvusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
