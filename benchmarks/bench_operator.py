@@ -283,6 +283,23 @@ async def watch_all(api: Any, seen: Seen, stop: asyncio.Event) -> None:
             await task
 
 
+def core_api(api: Any) -> Any:
+    from kubernetes_asyncio import client
+
+    return client.CoreV1Api(api)
+
+
+async def events_by_source(core: Any) -> str:
+    """Who posted the namespace's Events, and why (reason), busiest first."""
+    found: dict[tuple[str, str], int] = {}
+    for event in (await core.list_namespaced_event(NAMESPACE)).items:
+        source = event.reporting_component or (event.source and event.source.component) or "?"
+        key = (source, event.reason or "?")
+        found[key] = found.get(key, 0) + 1
+    ranked = sorted(found.items(), key=lambda item: -item[1])
+    return ", ".join(f"{source} {reason} {n}" for (source, reason), n in ranked) or "none"
+
+
 def owner_plural(label: str) -> str:
     return {"phideployment": "phideployments", "knowledgebase": "knowledgebases"}.get(
         label, "finetunejobs"
@@ -353,6 +370,8 @@ def start(args: argparse.Namespace, work: Path, plane: Any, stack: contextlib.Ex
         "PHIOPS_API_QPS": str(args.qps),
         "PHIOPS_API_BURST": str(args.burst),
     }
+    if args.memory_report:
+        env["PHIOPS_MEMORY_REPORT"] = str(Path(args.memory_report).resolve())
     argv = ["-m", "phiops_operator", "-A", "--metrics-port", str(metrics_port)]
     with (work / "operator.log").open("wb") as log:
         operator = subprocess.Popen(
@@ -395,6 +414,9 @@ async def measure(args: argparse.Namespace, setup: Setup) -> None:
         f" ({', '.join(KINDS)} in turn)"
     )
     # Baseline: the plane and the operator with nothing to do.
+    if args.memory_report:
+        os.kill(proc.pid, signal.SIGUSR1)
+        await asyncio.sleep(5)
     rss0, before = proc.rss_mb(), await read()
     await asyncio.sleep(args.idle)
     baseline = await read()
@@ -475,9 +497,14 @@ async def measure(args: argparse.Namespace, setup: Setup) -> None:
         f"RATIO idle requests/s per resource     {per_resource:.5f}  (aim <= 0.05; the"
         " increase over the baseline, every client counted)"
     )
+    print(f"  events in the namespace, by who posted them: {await events_by_source(core_api(api))}")
     rss = proc.rss_mb()
     figures["rss"] = rss - rss0
     print(f"operator RSS {rss0:.0f} MB -> {rss:.0f} MB: +{rss - rss0:.1f} MB  (aim <= 30 MB)")
+    if args.memory_report:  # the operator appends its report (tracemalloc, gc) there
+        os.kill(proc.pid, signal.SIGUSR1)
+        await asyncio.sleep(5)
+        print(f"memory report: {args.memory_report}")
 
     print("\nsummary")
     for key, aim in AIMS.items():
@@ -508,6 +535,11 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=15, help="seconds before idle windows")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for all")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--memory-report",
+        metavar="FILE",
+        help="trace the operator's allocations (slower) and write where its memory went here",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     from phiops_devcluster.plane import ControlPlane, PlaneConfig

@@ -8,7 +8,7 @@ import sys
 
 import kopf
 
-from phiops_operator import supervise
+from phiops_operator import memory_report, supervise
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.metrics_port is not None:
         os.environ["PHIOPS_METRICS_PORT"] = str(args.metrics_port)
+    memory_report.install()  # only with PHIOPS_MEMORY_REPORT set
     import phiops_operator.handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose, debug=args.debug)

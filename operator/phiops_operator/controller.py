@@ -1,6 +1,7 @@
 """Event-driven reconciles: watch events in, one work queue, reconciles out.
 
-What the operator keeps in memory: the latest body of every phiops resource (from its watch),
+What the operator keeps in memory: the latest body of every phiops resource (from its watch;
+packed, as the object store keeps its objects: about 2.5 KB each instead of 10 KB as dicts),
 which inputs each one references, and a queue of resources to reconcile. A resource is
 reconciled when
 - its spec, labels or annotations change (not when only its status does: that is us);
@@ -18,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from phiops_operator import metrics
+from phiops_operator import allocator, metrics
 from phiops_operator.builders.common import MANAGED_BY
 from phiops_operator.child_cache import resource_version
 from phiops_operator.config import OperatorConfig
@@ -36,7 +39,9 @@ from phiops_operator.object_store import (
     MANAGED_BY_LABEL,
     SELECTORS,
     ObjectStore,
+    pack,
     plain,
+    unpack,
 )
 from phiops_operator.reconcile import REGISTRY, InputRef, Registration, reconcile
 from phiops_operator.workqueue import WorkQueue
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # plural, namespace, name
 PROBE_SECONDS = 1.0
+# After reconciles, once the queue is quiet, the heap's free pages go back to the system:
+# a burst of a thousand resources leaves ~15 MB of them that glibc would otherwise keep.
+TRIM_SECONDS = 30.0
 # Children change in flurries (a Job, its pod, their statuses): one reconcile for a flurry.
 CHILD_DEBOUNCE_SECONDS = 0.5
 # A listing this long after start-up is a watch that had to list again: its gaps are mended
@@ -57,17 +65,31 @@ NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
 
-def _desired(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a user changes (a change of anything else, such as status, is not a reason to
-    reconcile the resource itself)."""
+def _desired(body: Mapping[str, Any]) -> bytes:
+    """A digest of what a user changes (a change of anything else, such as status, is not a
+    reason to reconcile the resource itself)."""
     meta = body["metadata"]
-    return (
+    desired = (
         body.get("spec"),
         meta.get("generation"),
         meta.get("labels"),
         meta.get("annotations"),
         meta.get("deletionTimestamp"),
     )
+    return hashlib.blake2b(pack(plain(desired)), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Resource:
+    """A resource as the controller keeps it: what events are compared on, and the body."""
+
+    version: int
+    desired: bytes
+    blob: bytes
+
+    @classmethod
+    def of(cls, kept: dict[str, Any]) -> _Resource:
+        return cls(resource_version(kept), _desired(kept), pack(kept))
 
 
 def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,7 +109,7 @@ class Controller:
     def __init__(self, kube: Kube, config: OperatorConfig, memo: Any, settings: Any = None) -> None:
         self.kube, self.config, self.memo, self.settings = kube, config, memo, settings
         self.queue = WorkQueue(self._handle, config.worker_limit, transient=TRANSIENT)
-        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.bodies: dict[Key, _Resource] = {}
         self.memos: dict[Key, dict[str, Any]] = {}
         self.loggers: dict[Key, Any] = {}
         self._inputs: dict[Key, set[tuple[str, str, str]]] = {}
@@ -104,9 +126,10 @@ class Controller:
         self._started = asyncio.get_running_loop().time()
         self.queue.start()
         self._prober = asyncio.create_task(self._probe_while_failing())
+        self._trimmer = asyncio.create_task(self._trim_when_quiet())
 
     async def stop(self) -> None:
-        tasks = [self._prober, *self._refreshes.values()]
+        tasks = [self._prober, self._trimmer, *self._refreshes.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -123,6 +146,16 @@ class Controller:
             if self.queue.failing and await self.kube.reachable():
                 self.queue.retry_failed_now()
 
+    async def _trim_when_quiet(self) -> None:
+        trimmed_at = self.queue.runs
+        while True:
+            await asyncio.sleep(TRIM_SECONDS)
+            if self.queue.runs != trimmed_at and self.queue.idle:
+                trimmed_at = self.queue.runs
+                before = allocator.rss_mb()
+                allocator.trim()
+                log.debug("heap trimmed: RSS %.1f -> %.1f MB", before, allocator.rss_mb())
+
     # -- events in ---------------------------------------------------------------------------
 
     def resource_event(self, plural: str, body: Mapping[str, Any], kind: str | None) -> None:
@@ -136,17 +169,17 @@ class Controller:
             self._drop(key)
             return
         previous = self.bodies.get(key)
-        if previous is not None and resource_version(body) < resource_version(previous):
+        if previous is not None and resource_version(body) < previous.version:
             return  # older than what our own status write already told us
         current = _kept(body)
-        self.bodies[key] = current
+        self.bodies[key] = packed = _Resource.of(current)
         if key not in self.loggers and self.settings is not None:
             # Posts what a reconcile logs at INFO and above as the resource's Events.
             self.loggers[key] = kopf.ObjectLogger(
                 body=kopf.Body(cast(Any, current)), settings=self.settings
             )
         self._index(key, current)
-        if previous is None or _desired(previous) != _desired(current):
+        if previous is None or previous.desired != packed.desired:
             self.queue.add(key)
 
     def child_event(self, body: Mapping[str, Any], kind: str | None) -> None:
@@ -255,9 +288,10 @@ class Controller:
 
     async def _handle(self, key: Hashable) -> float | None:
         assert isinstance(key, tuple)
-        body = self.bodies.get(key)
-        if body is None:
+        stored = self.bodies.get(key)
+        if stored is None:
             return None
+        body: dict[str, Any] = unpack(stored.blob)
         memo = self.memos.setdefault(key, {})
         for shared in ("kube", "config"):
             memo.setdefault(shared, self.memo[shared])
@@ -266,12 +300,8 @@ class Controller:
         written, after = await reconcile(registration, body, self.kube, self.config, memo, logger)
         # Our write is the newest we know of the resource (its own event comes later).
         known = self.bodies.get(key)
-        if (
-            written is not None
-            and known is not None
-            and resource_version(written) >= resource_version(known)
-        ):
-            self.bodies[key] = _kept(written)
+        if written is not None and known is not None and resource_version(written) >= known.version:
+            self.bodies[key] = _Resource.of(_kept(written))
         metrics.QUEUE_DEPTH.set(self.queue.depth)
         resync = self.config.resync_seconds or None
         if after is None or (resync is not None and resync < after):

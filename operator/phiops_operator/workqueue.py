@@ -44,6 +44,7 @@ class WorkQueue:
     _keys: dict[Hashable, _KeyState] = field(default_factory=dict)
     _failing: set[Hashable] = field(default_factory=set)  # keys whose last run failed
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    runs: int = 0  # handled so far (for who waits for a quiet moment)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
@@ -106,6 +107,10 @@ class WorkQueue:
     def depth(self) -> int:
         return len(self._queued)
 
+    @property
+    def idle(self) -> bool:
+        return not self._queued and not self._running
+
     def _fire(self, key: Hashable) -> None:
         state = self._keys.get(key)
         if state is not None:
@@ -139,6 +144,7 @@ class WorkQueue:
                 self._failing.discard(key)
             finally:
                 self._running.discard(key)
+                self.runs += 1
             if key in self._again:
                 self._again.discard(key)
                 self.add(key)

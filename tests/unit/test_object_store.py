@@ -221,3 +221,25 @@ def test_the_controller_keeps_resources_without_their_bookkeeping() -> None:
     assert kept["metadata"]["annotations"] == {"phiops.dev/sync-requested": "now"}
     assert kept["spec"] == {"a": 1}
     assert "managedFields" in body["metadata"]  # the event's body is left alone
+
+
+def test_stored_objects_are_packed_and_reads_decode_them_whole() -> None:
+    store = ObjectStore()
+    job = obj("Job", "a", 5, labels=dict(OURS), status={"active": 1, "conditions": []})
+    store.observe(job)
+    packed = store._objects[("batch/v1", "Job")]["ns"]["a"]
+    assert isinstance(packed.blob, bytes) and packed.version == 5
+    assert packed.labels == OURS
+    assert store.get("batch/v1", "Job", "ns", "a") == project(job)
+    assert store.list("batch/v1", "Job", "ns", "app.kubernetes.io/managed-by=phiops-operator") == [
+        project(job)
+    ]
+
+
+def test_the_controller_keeps_bodies_packed_and_reconciles_only_on_desired_changes() -> None:
+    body = obj("ConfigMap", "r", 1, spec={"a": 1}, status={"x": 1})
+    first = controller._Resource.of(controller._kept(body))
+    status_only = controller._Resource.of(controller._kept({**body, "status": {"x": 2}}))
+    spec_change = controller._Resource.of(controller._kept({**body, "spec": {"a": 2}}))
+    assert first.desired == status_only.desired != spec_change.desired
+    assert first.version == 1 and len(first.desired) == 16

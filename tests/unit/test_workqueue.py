@@ -113,3 +113,17 @@ async def test_a_forgotten_key_keeps_no_deadline() -> None:
 @pytest.mark.parametrize(("failures", "seconds"), [(1, 1), (2, 2), (3, 4), (7, 60), (30, 60)])
 def test_backoff_doubles_up_to_a_minute(failures: int, seconds: float) -> None:
     assert backoff(failures) == seconds
+
+
+def test_the_queue_counts_its_runs_and_says_when_it_is_idle() -> None:
+    async def scenario() -> tuple[bool, int, bool]:
+        queue = WorkQueue(lambda key: asyncio.sleep(0.05, result=None), workers=2, debounce=0)
+        queue.start()
+        queue.add("a")
+        busy = queue.idle
+        await asyncio.sleep(0.2)
+        await queue.stop()
+        return busy, queue.runs, queue.idle
+
+    busy, runs, idle = asyncio.run(scenario())
+    assert (busy, runs, idle) == (False, 1, True)
