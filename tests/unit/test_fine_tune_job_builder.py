@@ -99,3 +99,13 @@ def test_preflight_runs_without_gpus_or_the_output_volume() -> None:
     assert "tolerations" not in pod
     assert all(v["name"] != "output" for v in pod["volumes"])
     assert pod["containers"][0]["args"][0] == "preflight"
+
+
+def test_a_later_field_at_its_default_keeps_the_spec_hash() -> None:
+    """Fields added after the first release (LATER_DEFAULTS) do not change the hash of a job
+    that leaves them at their default: an upgrade reports no finished job as changed."""
+    plain = spec()
+    assert ftj.spec_hash(spec(training={"paddingFree": True})) == ftj.spec_hash(plain)
+    assert ftj.spec_hash(spec(training={"paddingFree": False})) != ftj.spec_hash(plain)
+    config = ftj.train_config(PARENT, spec(training={"packing": True, "paddingFree": False}))
+    assert config.training.packing and not config.training.padding_free

@@ -67,6 +67,8 @@ class TrainingSpec(_Model):
     gradient_accumulation_steps: int = 4
     gradient_checkpointing: bool = True
     packing: bool = False
+    padding_free: bool = True
+    """With packing: one row per micro-batch, no padding, where a varlen kernel exists."""
     seed: int = 42
     eval_steps: int | None = None
     save_steps: int = 50

@@ -40,7 +40,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from phiops_finetune import batching, dataset, modeling, provenance
+from phiops_finetune import attention, batching, dataset, modeling, provenance
 from phiops_finetune.callbacks import Meter, ProgressReporter
 from phiops_finetune.preflight import Plan, describe, plan, tokenizer_for
 from phiops_finetune.publisher import ProgressPublisher
@@ -58,6 +58,8 @@ class PhiopsTrainer(Trainer):
     """The HF Trainer, counting the non-padding tokens the collator reports per batch."""
 
     meter: Meter | None = None
+    attention_kernel: str = attention.SDPA
+    padding_free: bool = False
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -292,6 +294,8 @@ def run(config: TrainJobConfig) -> WorkloadResult:
         "resumed_from_step": resumed_from,
         "tokens_trained_this_run": meter.tokens,
         "epoch": trainer.state.epoch,
+        "attention": trainer.attention_kernel,
+        "padding_free": trainer.padding_free,
     }
     record = provenance.build(
         config,
@@ -356,12 +360,20 @@ def build_trainer(
     except ValueError as err:  # e.g. an unknown scheduler name
         raise WorkloadError("InvalidConfig", f"training: {err}", EXIT_BAD_CONFIG) from err
     set_seed(config.training.seed)
+    t = config.training
     if model is None:
-        model = modeling.wrap_for_training(modeling.load_model(config, on), config, on)
+        chosen = attention.plan(t.packing, t.padding_free, on)
+        loaded = modeling.load_model(config, on, chosen.implementation)
+        model = modeling.wrap_for_training(loaded, config, on)
+        padding_free = chosen.padding_free
+    else:  # a model loaded by the caller: its attention kernel decides
+        padding_free = t.packing and t.padding_free and attention.is_varlen(model)
     pad = tokenizer.pad_token_id
     # Widths in multiples of 8 suit GPU matmul kernels; on CPU they would only add padding.
     multiple = 8 if on == "cuda" else 1
-    collator = batching.Collator(pad, packed=config.training.packing, pad_to_multiple_of=multiple)
+    collator = batching.Collator(
+        pad, packed=t.packing, pad_to_multiple_of=multiple, flatten=padding_free
+    )
     callbacks: list[TrainerCallback] = [ProgressReporter(meter, publisher)]
     if stopper is not None:
         callbacks.append(stopper)
@@ -375,5 +387,7 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.meter = meter
+    trainer.attention_kernel = str(getattr(model.config, "_attn_implementation", attention.SDPA))
+    trainer.padding_free = padding_free
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -57,9 +57,25 @@ PREFLIGHT_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
 TRAIN_REQUESTS = {"cpu": "1", "memory": "2Gi"}
 
 
+# Spec fields added after the first release, with their defaults. A field at its default is
+# left out of the hash, so that an operator upgrade (whose CRD gives stored jobs the new
+# default) does not report every finished job as changed after it started.
+LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("training", "paddingFree"): True,
+}
+
+
 def spec_hash(spec: FineTuneJobSpec) -> str:
     """What training started with: a later spec change is reported, never half-applied."""
-    return hashlib.sha256(json.dumps(spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
+    wire = spec.to_wire()
+    for path, default in LATER_DEFAULTS.items():
+        *parents, leaf = path
+        holder: Any = wire
+        for key in parents:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(leaf, default) == default:
+            holder.pop(leaf, None)
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def output_location(parent_name: str, spec: FineTuneJobSpec) -> tuple[str, str]:

@@ -102,7 +102,12 @@ class Training(KubeModel):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     packing: bool = False
-    """Pack several short records into one sequence."""
+    """Pack several short records into one sequence (no example is cut; each attends only to
+    itself)."""
+    padding_free: bool = True
+    """With packing, on a GPU with flash-attn or flex_attention: one row per micro-batch with
+    no padding and no mask (variable-length attention keeps the records apart). Elsewhere, or
+    when false: packed rows padded to the batch's longest, with a block-diagonal mask."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     """Random seed."""
     eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
