@@ -103,6 +103,8 @@ class TrainJobConfig(_Model):
     output_dir: str
     """Folder on the output volume: the adapter, provenance and checkpoints/ go here."""
     progress: ProgressTarget | None = None
+    processes: int = Field(default=1, ge=1, le=64)
+    """Training processes in the pod, one per GPU: more than one runs under torchrun (DDP)."""
     phiops_version: str = "0.1.0"
 
 

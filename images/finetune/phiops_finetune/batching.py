@@ -92,12 +92,13 @@ def rows(examples: Sequence[Encoded], packing: bool, max_seq_length: int) -> lis
     return packed
 
 
-def total_steps(train_rows: int, training: TrainingSpec) -> int:
-    """Optimizer steps of a run, computed as the HF Trainer does: batches per epoch rounded up
-    to whole accumulation groups (at least one), times epochs, rounded up; or `max_steps`."""
+def total_steps(train_rows: int, training: TrainingSpec, processes: int = 1) -> int:
+    """Optimizer steps of a run, computed as the HF Trainer does: batches per epoch (with N
+    processes each takes every Nth batch, the last ones evened out: rounded up) rounded up to
+    whole accumulation groups (at least one), times epochs, rounded up; or `max_steps`."""
     if training.max_steps is not None and training.max_steps > 0:
         return training.max_steps
-    batches = math.ceil(train_rows / training.batch_size)
+    batches = math.ceil(math.ceil(train_rows / training.batch_size) / max(processes, 1))
     ga = training.gradient_accumulation_steps
     per_epoch = max(batches // ga + int(batches % ga > 0), 1)
     return math.ceil(training.epochs * per_epoch)
