@@ -122,7 +122,9 @@ class TrainingResources(PodSettings):
     """Placement and size of the training pod."""
 
     gpus: Annotated[int, Field(ge=0, le=64)] = 1
-    """GPUs requested (0 trains on CPU: only for tiny models and tests)."""
+    """GPUs requested (0 trains on CPU: only for tiny models and tests). More than one trains
+    data-parallel in the one pod: one process per GPU under torchrun (DDP), `batchSize` per
+    GPU, so the effective batch is gpus x batchSize x gradientAccumulationSteps."""
     gpu_resource_name: Annotated[
         str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     ] = "nvidia.com/gpu"
