@@ -69,6 +69,8 @@ class TrainingSpec(_Model):
     packing: bool = False
     padding_free: bool = True
     """With packing: one row per micro-batch, no padding, where a varlen kernel exists."""
+    fused_kernels: Literal["auto", "on", "off"] = "auto"
+    """Liger's fused kernels: auto = on a GPU when liger-kernel is installed."""
     seed: int = 42
     eval_steps: int | None = None
     save_steps: int = 50

@@ -40,7 +40,15 @@ from transformers import (
     TrainingArguments,
 )
 
-from phiops_finetune import attention, batching, dataset, distributed, modeling, provenance
+from phiops_finetune import (
+    attention,
+    batching,
+    dataset,
+    distributed,
+    kernels,
+    modeling,
+    provenance,
+)
 from phiops_finetune.callbacks import Meter, ProgressReporter
 from phiops_finetune.preflight import Plan, describe, plan, tokenizer_for
 from phiops_finetune.publisher import ProgressPublisher
@@ -60,6 +68,7 @@ class PhiopsTrainer(Trainer):
     meter: Meter | None = None
     attention_kernel: str = attention.SDPA
     padding_free: bool = False
+    fused_kernels: bool = False
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -166,7 +175,7 @@ def oom_error(config: TrainJobConfig, err: BaseException) -> WorkloadError:
 
 
 def training_arguments(
-    config: TrainJobConfig, p: Plan, on: str, world: int = 1
+    config: TrainJobConfig, p: Plan, on: str, world: int = 1, fused: bool = False
 ) -> TrainingArguments:
     t = config.training
     dtype = modeling.compute_dtype(config, on)
@@ -197,6 +206,7 @@ def training_arguments(
     return TrainingArguments(
         output_dir=str(Path(config.output_dir) / CHECKPOINTS),
         **ddp,
+        use_liger_kernel=fused,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -322,6 +332,7 @@ def run(config: TrainJobConfig) -> WorkloadResult:
         "attention": trainer.attention_kernel,
         "processes": ranks.world,
         "padding_free": trainer.padding_free,
+        "fused_kernels": trainer.fused_kernels,
     }
     record = provenance.build(
         config,
@@ -391,8 +402,9 @@ def build_trainer(
     from transformers import set_seed
 
     ranks = distributed.ranks()
+    fused = kernels.plan(config.training.fused_kernels, on)
     try:
-        args = training_arguments(config, p, on, ranks.world)
+        args = training_arguments(config, p, on, ranks.world, fused.use)
     except ValueError as err:  # e.g. an unknown scheduler name
         raise WorkloadError("InvalidConfig", f"training: {err}", EXIT_BAD_CONFIG) from err
     set_seed(config.training.seed)
@@ -425,5 +437,6 @@ def build_trainer(
     trainer.meter = meter
     trainer.attention_kernel = str(getattr(model.config, "_attn_implementation", attention.SDPA))
     trainer.padding_free = padding_free
+    trainer.fused_kernels = fused.use
     trainer.remove_callback(PrinterCallback)
     return trainer

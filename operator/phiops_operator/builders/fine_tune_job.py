@@ -66,6 +66,7 @@ SHM_SIZE = "1Gi"
 # default) does not report every finished job as changed after it started.
 LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("training", "paddingFree"): True,
+    ("training", "fusedKernels"): "auto",
 }
 
 

@@ -108,6 +108,11 @@ class Training(KubeModel):
     """With packing, on a GPU with flash-attn or flex_attention: one row per micro-batch with
     no padding and no mask (variable-length attention keeps the records apart). Elsewhere, or
     when false: packed rows padded to the batch's longest, with a block-diagonal mask."""
+    fused_kernels: Literal["auto", "on", "off"] = "auto"
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, a linear cross-entropy that never
+    holds the full logits): `auto` uses them on a GPU when the image has liger-kernel; `on`
+    asks for them (a warning in the log says why when they cannot run, e.g. on CPU); `off`
+    keeps the plain path."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     """Random seed."""
     eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
