@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ RECORDS = 24  # divisible by 4: every step sees the same 4 examples in both layo
 
 
 def launch(config_path: str, log: Path, termination: Path) -> subprocess.Popen[bytes]:
-    """`python -m phiops_finetune train` as the pod runs it, in its own process group."""
+    """`python -m phiops_finetune train` as the pod runs it."""
     env = {**os.environ, "PHIOPS_TERMINATION_LOG": str(termination), "HF_HUB_OFFLINE": "1"}
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -38,7 +39,6 @@ def launch(config_path: str, log: Path, termination: Path) -> subprocess.Popen[b
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            start_new_session=True,
         )
 
 
@@ -46,9 +46,34 @@ def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> in
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_pod(proc)
         pytest.fail(f"training did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a
+    process group does not reach them; in a pod, the container's end does)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for c, p in parents.items() if p in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def kill_pod(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the launcher, torchrun and the workers at once, as a lost node does."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def history(output: Path) -> list[dict[str, Any]]:
@@ -160,8 +185,15 @@ def test_sigterm_stops_both_ranks_together_and_a_killed_run_resumes_on_both(
     while (found := training.latest_checkpoint(output / "checkpoints")) and found[1] <= stopped[1]:
         assert proc.poll() is None and time.monotonic() < deadline, log2.read_text()[-3000:]
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    workers = descendants(proc.pid)
+    kill_pod(proc)
+    assert len(workers) >= 3  # torchrun and its two workers were there, and are gone
+    time.sleep(1)
+    assert not [
+        p
+        for p in workers
+        if Path(f"/proc/{p}/cmdline").exists() and Path(f"/proc/{p}/cmdline").read_bytes()
+    ], "a worker survived the kill"
     text = log2.read_text()
     for rank in (0, 1):
         assert f"rank {rank} INFO resuming from step {stopped[1]} " in text, text[-3000:]
