@@ -133,7 +133,8 @@ def test_two_ranks_follow_the_loss_curve_of_one_with_the_whole_batch(
             curve_one,
             curve_two,
         )
-    print(f"2 ranks: {seconds:.1f} s for 12 steps (start-up included)")
+    worst = max(abs(curve_two[s] - curve_one[s]) / curve_one[s] for s in curve_one)
+    print(f"2 ranks: {seconds:.1f} s for 12 steps (start-up included); curves within {worst:.1e}")
 
 
 def wait_for_checkpoint(output: Path, proc: subprocess.Popen[bytes], log: Path) -> int:
