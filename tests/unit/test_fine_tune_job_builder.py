@@ -99,3 +99,27 @@ def test_preflight_runs_without_gpus_or_the_output_volume() -> None:
     assert "tolerations" not in pod
     assert all(v["name"] != "output" for v in pod["volumes"])
     assert pod["containers"][0]["args"][0] == "preflight"
+
+
+def test_a_later_field_at_its_default_keeps_the_spec_hash() -> None:
+    """Fields added after the first release (LATER_DEFAULTS) do not change the hash of a job
+    that leaves them at their default: an upgrade reports no finished job as changed."""
+    plain = spec()
+    assert ftj.spec_hash(spec(training={"paddingFree": True})) == ftj.spec_hash(plain)
+    assert ftj.spec_hash(spec(training={"paddingFree": False})) != ftj.spec_hash(plain)
+    config = ftj.train_config(PARENT, spec(training={"packing": True, "paddingFree": False}))
+    assert config.training.packing and not config.training.padding_free
+
+
+def test_several_gpus_run_one_process_each_with_shared_memory_for_nccl() -> None:
+    two = spec(resources={"gpus": 2})
+    config = ftj.train_config(PARENT, two)
+    assert config.processes == 2  # the trainer starts torchrun with 2 processes
+    assert ftj.train_config(PARENT, spec(resources={"gpus": 1})).processes == 1
+    assert ftj.train_config(PARENT, spec(resources={"gpus": 0})).processes == 1  # CPU: one
+    pod = ftj.train_job(PARENT, two, OperatorConfig(), attempt=1)["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/dev/shm"] == "dshm" and "/etc/phiops" in mounts  # added, none replaced
+    one = ftj.train_job(PARENT, spec(), OperatorConfig(), attempt=1)["spec"]["template"]["spec"]
+    assert all(v["name"] != "dshm" for v in one["volumes"])

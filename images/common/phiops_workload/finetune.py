@@ -67,6 +67,10 @@ class TrainingSpec(_Model):
     gradient_accumulation_steps: int = 4
     gradient_checkpointing: bool = True
     packing: bool = False
+    padding_free: bool = True
+    """With packing: one row per micro-batch, no padding, where a varlen kernel exists."""
+    fused_kernels: Literal["auto", "on", "off"] = "auto"
+    """Liger's fused kernels: auto = on a GPU when liger-kernel is installed."""
     seed: int = 42
     eval_steps: int | None = None
     save_steps: int = 50
@@ -101,6 +105,8 @@ class TrainJobConfig(_Model):
     output_dir: str
     """Folder on the output volume: the adapter, provenance and checkpoints/ go here."""
     progress: ProgressTarget | None = None
+    processes: int = Field(default=1, ge=1, le=64)
+    """Training processes in the pod, one per GPU: more than one runs under torchrun (DDP)."""
     phiops_version: str = "0.1.0"
 
 

@@ -3,8 +3,11 @@ optimizer steps a run takes (the pre-flight's `total_steps` and the Trainer's ag
 
 Packing puts several examples into one row of at most `max_seq_length` tokens (best-fit
 decreasing: no example is cut). Each example keeps its own position ids starting at 0, and the
-batch carries no attention mask: transformers then builds a block-diagonal causal mask from
-the position ids, so packed examples never attend to each other.
+batch carries no attention mask: the attention kernel keeps examples apart from the position
+ids (see attention.py): a block-diagonal mask transformers builds (padded rows, `sdpa`), or
+variable-length attention over one flattened row with no padding at all (padding-free). The
+first token of each packed example is never a target: in an example of its own no position
+predicts it, and packed it would be scored as the continuation of the example before it.
 """
 
 from __future__ import annotations
@@ -83,18 +86,19 @@ def rows(examples: Sequence[Encoded], packing: bool, max_seq_length: int) -> lis
         positions: list[int] = []
         for i in members:
             ids += examples[i].input_ids
-            labels += examples[i].labels
+            labels += [IGNORE_INDEX, *examples[i].labels[1:]]
             positions += range(len(examples[i]))
         packed.append(Row(ids, labels, positions))
     return packed
 
 
-def total_steps(train_rows: int, training: TrainingSpec) -> int:
-    """Optimizer steps of a run, computed as the HF Trainer does: batches per epoch rounded up
-    to whole accumulation groups (at least one), times epochs, rounded up; or `max_steps`."""
+def total_steps(train_rows: int, training: TrainingSpec, processes: int = 1) -> int:
+    """Optimizer steps of a run, computed as the HF Trainer does: batches per epoch (with N
+    processes each takes every Nth batch, the last ones evened out: rounded up) rounded up to
+    whole accumulation groups (at least one), times epochs, rounded up; or `max_steps`."""
     if training.max_steps is not None and training.max_steps > 0:
         return training.max_steps
-    batches = math.ceil(train_rows / training.batch_size)
+    batches = math.ceil(math.ceil(train_rows / training.batch_size) / max(processes, 1))
     ga = training.gradient_accumulation_steps
     per_epoch = max(batches // ga + int(batches % ga > 0), 1)
     return math.ceil(training.epochs * per_epoch)
@@ -118,17 +122,23 @@ class Collator:
 
     Padded (not packed) batches carry an attention mask. Packed batches carry position ids
     and no mask; their padding tail gets positions of its own, so it is a separate (ignored)
-    sequence in the block-diagonal mask.
+    sequence in the block-diagonal mask. Padding-free batches (`flatten`) are one row of all
+    the batch's tokens with their position ids: no padding, no mask.
     """
 
-    def __init__(self, pad_token_id: int, packed: bool, pad_to_multiple_of: int = 1) -> None:
+    def __init__(
+        self, pad_token_id: int, packed: bool, pad_to_multiple_of: int = 1, flatten: bool = False
+    ) -> None:
         self.pad_token_id = pad_token_id
-        self.packed = packed
+        self.packed = packed or flatten
+        self.flatten = flatten
         self.multiple = max(1, pad_to_multiple_of)
 
     def __call__(self, batch: Sequence[Row]) -> dict[str, Any]:
         import torch
 
+        if self.flatten:
+            return flattened(batch)
         width = max(len(r) for r in batch)
         width = math.ceil(width / self.multiple) * self.multiple
         ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
@@ -149,3 +159,16 @@ class Collator:
             out["attention_mask"] = mask
         out[TOKENS_KEY] = mask.sum()
         return out
+
+
+def flattened(batch: Sequence[Row]) -> dict[str, Any]:
+    """One row of every token of the batch, position ids restarting per example."""
+    import torch
+
+    ids = [t for r in batch for t in r.input_ids]
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([[t for r in batch for t in r.labels]], dtype=torch.long),
+        "position_ids": torch.tensor([[p for r in batch for p in r.position_ids]]),
+        TOKENS_KEY: torch.tensor(len(ids)),
+    }

@@ -23,6 +23,8 @@ class Meter:
 
     total_steps: int
     resumed_from_step: int | None = None
+    processes: int = 1
+    """Ranks training alike: throughput is this rank's tokens times the ranks."""
     tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     start_step: int = 0
@@ -42,7 +44,8 @@ class Meter:
     def sample_throughput(self) -> None:
         now = time.monotonic()
         if now > self._last_time and self.tokens > self._last_tokens:
-            self.tokens_per_second = (self.tokens - self._last_tokens) / (now - self._last_time)
+            tokens = (self.tokens - self._last_tokens) * self.processes
+            self.tokens_per_second = tokens / (now - self._last_time)
         self._last_time, self._last_tokens = now, self.tokens
 
     def eta_seconds(self) -> float | None:
@@ -87,9 +90,12 @@ class Meter:
 
 
 class ProgressReporter(TrainerCallback):
-    def __init__(self, meter: Meter, publisher: ProgressPublisher | None) -> None:
+    def __init__(
+        self, meter: Meter, publisher: ProgressPublisher | None, main: bool = True
+    ) -> None:
         self.meter = meter
         self.publisher = publisher
+        self.main = main  # only rank 0 logs progress lines
 
     def on_train_begin(
         self,
@@ -116,11 +122,12 @@ class ProgressReporter(TrainerCallback):
         if "loss" in logs:
             m.loss = float(logs["loss"])
             m.sample_throughput()
-        if "loss" in logs:
+        if "loss" in logs and self.main:
             log.info(m.line())
         if "eval_loss" in logs:
             m.eval_loss = float(logs["eval_loss"])
-            log.info(m.eval_line())
+            if self.main:
+                log.info(m.eval_line())
         if "loss" in logs or "eval_loss" in logs:
             self._publish()
 

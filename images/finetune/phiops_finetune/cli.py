@@ -2,9 +2,10 @@
 
 - `preflight --config FILE`: validate the dataset and count the steps, without a GPU;
   exit 0 (`PreflightPassed`), 4 (`InvalidDataset`), 2 (bad config), 1 (other failure);
-- `train --config FILE` (the default when no subcommand is given): train the adapter;
-  exit 0 (`Trained`), 3 (`GPUOutOfMemory`), 4 (`InvalidDataset`), 2 (`InvalidConfig`),
-  1 (`TrainingFailed`), 143 (`Interrupted`: SIGTERM, checkpointed; a new pod resumes);
+- `train --config FILE` (the default when no subcommand is given): train the adapter (with
+  `processes` > 1 in the config: under torchrun, see `distributed`); exit 0 (`Trained`),
+  3 (`GPUOutOfMemory`), 4 (`InvalidDataset`), 2 (`InvalidConfig`), 1 (`TrainingFailed`),
+  143 (`Interrupted`: SIGTERM, checkpointed; a new pod resumes);
 - `make-tiny-model --out DIR`: write a tiny random-weight Phi-3 and its tokenizer.
 
 `preflight` and `train` write a `WorkloadResult` to the termination log (and stdout).
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args_list or args_list[0] not in (*SUBCOMMANDS, "-h", "--help"):
         args_list.insert(0, "train")
     args = build_parser().parse_args(args_list)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Under torchrun each line says which rank wrote it.
+    rank = f" rank {os.environ['RANK']}" if "RANK" in os.environ else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s{rank} %(levelname)s %(message)s")
     _quiet_libraries()
     command: str = args.command
     if command == "make-tiny-model":
@@ -69,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         from phiops_finetune import preflight
 
         return _job(args.config, preflight.run)
-    from phiops_finetune import training
+    from phiops_finetune import distributed, training
 
+    processes = distributed.processes_of(args.config)
+    if processes > 1 and not distributed.in_worker():
+        return distributed.launch(args.config, processes)
+    if distributed.in_worker():
+        return distributed.as_worker(lambda: _job(args.config, training.run))
     return _job(args.config, training.run)
 
 

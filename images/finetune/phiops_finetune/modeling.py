@@ -68,8 +68,11 @@ def compute_dtype(config: TrainJobConfig, on: str) -> torch.dtype:
     return torch.bfloat16 if on == "cuda" else torch.float32
 
 
-def load_model(config: TrainJobConfig, on: str) -> PreTrainedModel:
-    """The base model, quantized for qlora, on `on` ("cuda" or "cpu")."""
+def load_model(
+    config: TrainJobConfig, on: str, attention: str = "sdpa", device_index: int = 0
+) -> PreTrainedModel:
+    """The base model, quantized for qlora, on `on` ("cuda" or "cpu"; GPU `device_index`),
+    with the attention kernel `attention` (see attention.py)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quantization: Any = BitsAndBytesConfig  # its __init__ is untyped
@@ -77,8 +80,8 @@ def load_model(config: TrainJobConfig, on: str) -> PreTrainedModel:
     dtype = compute_dtype(config, on)
     kwargs: dict[str, Any] = {
         **hub_kwargs(config.base_model),
-        "attn_implementation": "sdpa",
-        "device_map": {"": 0} if on == "cuda" else {"": "cpu"},
+        "attn_implementation": attention,
+        "device_map": {"": device_index} if on == "cuda" else {"": "cpu"},
     }
     if config.method == "qlora":
         q = config.quantization

@@ -74,7 +74,7 @@ def plan(config: TrainJobConfig, tokenizer: PreTrainedTokenizerBase, data: bytes
         validation_rows=validation_rows,
         train_examples=len(train),
         validation_examples=len(validation),
-        total_steps=batching.total_steps(len(train_rows), training),
+        total_steps=batching.total_steps(len(train_rows), training, config.processes),
     )
 
 
@@ -85,7 +85,8 @@ def describe(p: Plan, config: TrainJobConfig) -> str:
         f"{dataset.summary(p.prepared.report, p.prepared.examples)}; "
         f"train {p.train_examples}{packed}, validation {p.validation_examples}; "
         f"{p.total_steps} steps (batch {t.batch_size} x accumulation "
-        f"{t.gradient_accumulation_steps}, "
+        f"{t.gradient_accumulation_steps}"
+        + (f" x {config.processes} processes, " if config.processes > 1 else ", ")
         + (f"max_steps {t.max_steps})" if t.max_steps else f"{t.epochs:g} epochs)")
     )
 

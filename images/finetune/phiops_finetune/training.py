@@ -40,7 +40,15 @@ from transformers import (
     TrainingArguments,
 )
 
-from phiops_finetune import batching, dataset, modeling, provenance
+from phiops_finetune import (
+    attention,
+    batching,
+    dataset,
+    distributed,
+    kernels,
+    modeling,
+    provenance,
+)
 from phiops_finetune.callbacks import Meter, ProgressReporter
 from phiops_finetune.preflight import Plan, describe, plan, tokenizer_for
 from phiops_finetune.publisher import ProgressPublisher
@@ -58,6 +66,9 @@ class PhiopsTrainer(Trainer):
     """The HF Trainer, counting the non-padding tokens the collator reports per batch."""
 
     meter: Meter | None = None
+    attention_kernel: str = attention.SDPA
+    padding_free: bool = False
+    fused_kernels: bool = False
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -80,10 +91,12 @@ class PhiopsTrainer(Trainer):
 
 
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM (eviction, preemption, deletion): finish the step, checkpoint, stop."""
+    """On SIGTERM (eviction, preemption, deletion): finish the step, checkpoint, stop. With
+    several ranks, all stop after the same step (the first signalled one decides)."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: int = 1) -> None:
         self.received: int | None = None
+        self.world = world
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
         log.warning("signal %d: checkpointing after this step, then stopping", signum)
@@ -96,7 +109,9 @@ class StopOnSignal(TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        if self.received is not None:
+        if distributed.stop_together(self.received is not None, self.world):
+            if self.received is None:
+                self.received = signal.SIGTERM  # a peer rank was signalled
             control.should_save = True
             control.should_training_stop = True
 
@@ -159,7 +174,9 @@ def oom_error(config: TrainJobConfig, err: BaseException) -> WorkloadError:
     return WorkloadError(REASON_GPU_OOM, message, EXIT_OUT_OF_MEMORY)
 
 
-def training_arguments(config: TrainJobConfig, p: Plan, on: str) -> TrainingArguments:
+def training_arguments(
+    config: TrainJobConfig, p: Plan, on: str, world: int = 1, fused: bool = False
+) -> TrainingArguments:
     t = config.training
     dtype = modeling.compute_dtype(config, on)
     evaluate = bool(p.validation_rows) and bool(t.eval_steps)
@@ -179,8 +196,17 @@ def training_arguments(config: TrainJobConfig, p: Plan, on: str) -> TrainingArgu
     warmup: dict[str, Any] = (
         {"warmup_ratio": ratio} if "warmup_ratio" in fields else {"warmup_steps": ratio}
     )
+    # DDP: gloo on CPU, NCCL on GPUs; every LoRA parameter gets a gradient every step, so
+    # DDP need not search the graph for unused ones (peft's advice with checkpointing).
+    ddp: dict[str, Any] = (
+        {"ddp_backend": "nccl" if on == "cuda" else "gloo", "ddp_find_unused_parameters": False}
+        if world > 1
+        else {}
+    )
     return TrainingArguments(
         output_dir=str(Path(config.output_dir) / CHECKPOINTS),
+        **ddp,
+        use_liger_kernel=fused,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -227,6 +253,13 @@ def _now() -> str:
 def run(config: TrainJobConfig) -> WorkloadResult:
     started, clock = _now(), time.monotonic()
     on = modeling.device()
+    ranks = distributed.ranks()
+    if ranks.world != config.processes:
+        log.warning(
+            "%d processes running, the config says %d: the step count planned differs",
+            ranks.world,
+            config.processes,
+        )
     data = dataset.read_bytes(config.dataset.path)
     tokenizer = tokenizer_for(config)
     p = plan(config, tokenizer, data)
@@ -244,13 +277,15 @@ def run(config: TrainJobConfig) -> WorkloadResult:
     else:
         log.info("starting at step 0 on %s (%s)", on, config.method)
 
-    meter = Meter(total_steps=p.total_steps, resumed_from_step=resumed_from)
-    publisher = ProgressPublisher(config.progress) if config.progress else None
-    stopper = StopOnSignal()
+    meter = Meter(total_steps=p.total_steps, resumed_from_step=resumed_from, processes=ranks.world)
+    # Rank 0 alone reports: progress, the adapter, provenance.
+    publisher = ProgressPublisher(config.progress) if config.progress and ranks.main else None
+    stopper = StopOnSignal(ranks.world)
     try:
         with publisher or nullcontext(), signals_to(stopper):
             trainer = build_trainer(config, p, tokenizer, on, meter, publisher, stopper)
             trainer.train(resume_from_checkpoint=str(latest[0]) if latest else None)
+            distributed.barrier(ranks.world)  # every rank's part of the checkpoint is written
             if stopper.received is not None:
                 raise WorkloadError(
                     REASON_INTERRUPTED,
@@ -265,6 +300,8 @@ def run(config: TrainJobConfig) -> WorkloadResult:
                 meter.eval_loss = eval_loss
                 log.info(meter.eval_line())
             trained: Any = trainer.model  # the PeftModel: saves the adapter only
+            if not ranks.main:
+                return _rank_done(ranks, trainer)
             trained.save_pretrained(str(output))
             if publisher is not None:
                 meter.step = trainer.state.global_step
@@ -292,6 +329,10 @@ def run(config: TrainJobConfig) -> WorkloadResult:
         "resumed_from_step": resumed_from,
         "tokens_trained_this_run": meter.tokens,
         "epoch": trainer.state.epoch,
+        "attention": trainer.attention_kernel,
+        "processes": ranks.world,
+        "padding_free": trainer.padding_free,
+        "fused_kernels": trainer.fused_kernels,
     }
     record = provenance.build(
         config,
@@ -310,7 +351,7 @@ def run(config: TrainJobConfig) -> WorkloadResult:
         adapter=adapter,
         started=started,
         finished=_now(),
-        device=_device_name(on),
+        device=_device_name(on, ranks.world),
     )
     provenance.write(output, record)
     figures = TrainFigures(
@@ -331,10 +372,19 @@ def run(config: TrainJobConfig) -> WorkloadResult:
     )
 
 
-def _device_name(on: str) -> str:
+def _rank_done(ranks: distributed.Ranks, trainer: PhiopsTrainer) -> WorkloadResult:
+    step = trainer.state.global_step
+    message = f"rank {ranks.rank} of {ranks.world} trained {step} steps"
+    return WorkloadResult(
+        outcome="Succeeded", reason=REASON_TRAINED, message=message, figures={"steps": step}
+    )
+
+
+def _device_name(on: str, processes: int = 1) -> str:
+    times = f" x {processes}" if processes > 1 else ""
     if on == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    return "cpu"
+        return f"cuda: {torch.cuda.get_device_name(0)}{times}"
+    return f"cpu{times}"
 
 
 def build_trainer(
@@ -351,18 +401,28 @@ def build_trainer(
     (the benchmark uses it too, so that it measures exactly what a FineTuneJob runs)."""
     from transformers import set_seed
 
+    ranks = distributed.ranks()
+    fused = kernels.plan(config.training.fused_kernels, on)
     try:
-        args = training_arguments(config, p, on)
+        args = training_arguments(config, p, on, ranks.world, fused.use)
     except ValueError as err:  # e.g. an unknown scheduler name
         raise WorkloadError("InvalidConfig", f"training: {err}", EXIT_BAD_CONFIG) from err
     set_seed(config.training.seed)
+    t = config.training
     if model is None:
-        model = modeling.wrap_for_training(modeling.load_model(config, on), config, on)
+        chosen = attention.plan(t.packing, t.padding_free, on)
+        loaded = modeling.load_model(config, on, chosen.implementation, ranks.local_rank)
+        model = modeling.wrap_for_training(loaded, config, on)
+        padding_free = chosen.padding_free
+    else:  # a model loaded by the caller: its attention kernel decides
+        padding_free = t.packing and t.padding_free and attention.is_varlen(model)
     pad = tokenizer.pad_token_id
     # Widths in multiples of 8 suit GPU matmul kernels; on CPU they would only add padding.
     multiple = 8 if on == "cuda" else 1
-    collator = batching.Collator(pad, packed=config.training.packing, pad_to_multiple_of=multiple)
-    callbacks: list[TrainerCallback] = [ProgressReporter(meter, publisher)]
+    collator = batching.Collator(
+        pad, packed=t.packing, pad_to_multiple_of=multiple, flatten=padding_free
+    )
+    callbacks: list[TrainerCallback] = [ProgressReporter(meter, publisher, ranks.main)]
     if stopper is not None:
         callbacks.append(stopper)
     trainer = PhiopsTrainer(
@@ -375,5 +435,8 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.meter = meter
+    trainer.attention_kernel = str(getattr(model.config, "_attn_implementation", attention.SDPA))
+    trainer.padding_free = padding_free
+    trainer.fused_kernels = fused.use
     trainer.remove_callback(PrinterCallback)
     return trainer

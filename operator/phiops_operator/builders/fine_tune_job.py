@@ -55,11 +55,32 @@ SECRETS_DIR = "/phiops/secrets"
 # trainer's host side (data loading, the model before it moves to the GPU) needs more.
 PREFLIGHT_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
 TRAIN_REQUESTS = {"cpu": "1", "memory": "2Gi"}
+# NCCL passes data between the GPUs of one pod through /dev/shm; the runtime's default 64 MiB
+# is too small for it. Memory-backed: it counts against the pod's memory.
+SHM_DIR = "/dev/shm"
+SHM_SIZE = "1Gi"
+
+
+# Spec fields added after the first release, with their defaults. A field at its default is
+# left out of the hash, so that an operator upgrade (whose CRD gives stored jobs the new
+# default) does not report every finished job as changed after it started.
+LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("training", "paddingFree"): True,
+    ("training", "fusedKernels"): "auto",
+}
 
 
 def spec_hash(spec: FineTuneJobSpec) -> str:
     """What training started with: a later spec change is reported, never half-applied."""
-    return hashlib.sha256(json.dumps(spec.to_wire(), sort_keys=True).encode()).hexdigest()[:16]
+    wire = spec.to_wire()
+    for path, default in LATER_DEFAULTS.items():
+        *parents, leaf = path
+        holder: Any = wire
+        for key in parents:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(leaf, default) == default:
+            holder.pop(leaf, None)
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def output_location(parent_name: str, spec: FineTuneJobSpec) -> tuple[str, str]:
@@ -112,6 +133,8 @@ def train_config(parent: Mapping[str, Any], spec: FineTuneJobSpec) -> TrainJobCo
         progress=ProgressTarget(
             namespace=meta["namespace"], config_map=child_name(meta["name"], PROGRESS_COMPONENT)
         ),
+        # One training process per GPU (torchrun, DDP) when the pod has several.
+        processes=max(spec.resources.gpus, 1),
         phiops_version=__version__,
     )
 
@@ -235,6 +258,11 @@ def _job(
 ) -> dict[str, Any]:
     parent_name = parent["metadata"]["name"]
     volumes, mounts = _volumes(parent_name, spec, with_output)
+    # Volumes and mounts a caller adds come after the common ones.
+    pod_spec = dict(pod_spec)
+    container_extra = dict(container_extra)
+    volumes += pod_spec.pop("volumes", [])
+    mounts += container_extra.pop("volumeMounts", [])
     meta = child_metadata(parent, component)
     meta["name"] = name
     container = {
@@ -301,6 +329,12 @@ def train_job(
     if spec.active_deadline_seconds:
         pod_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     args = ["train", "--config", f"{CONFIG_DIR}/config.json"]
+    extra: dict[str, Any] = {"resources": resources}
+    if res.gpus > 1:  # one process per GPU under torchrun
+        pod_spec["volumes"] = [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+        ]
+        extra["volumeMounts"] = [{"name": "dshm", "mountPath": SHM_DIR}]
     job = _job(
         parent,
         spec,
@@ -309,7 +343,7 @@ def train_job(
         train_job_name(parent_name, attempt),
         args,
         pod_spec,
-        {"resources": resources},
+        extra,
         with_output=True,
         # The trainer patches its progress ConfigMap with its ServiceAccount's token.
         api_access=True,

@@ -102,7 +102,17 @@ class Training(KubeModel):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, about 20-30% slower."""
     packing: bool = False
-    """Pack several short records into one sequence."""
+    """Pack several short records into one sequence (no example is cut; each attends only to
+    itself)."""
+    padding_free: bool = True
+    """With packing, on a GPU with flash-attn or flex_attention: one row per micro-batch with
+    no padding and no mask (variable-length attention keeps the records apart). Elsewhere, or
+    when false: packed rows padded to the batch's longest, with a block-diagonal mask."""
+    fused_kernels: Literal["auto", "on", "off"] = "auto"
+    """Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, a linear cross-entropy that never
+    holds the full logits): `auto` uses them on a GPU when the image has liger-kernel; `on`
+    asks for them (a warning in the log says why when they cannot run, e.g. on CPU); `off`
+    keeps the plain path."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     """Random seed."""
     eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
@@ -117,7 +127,9 @@ class TrainingResources(PodSettings):
     """Placement and size of the training pod."""
 
     gpus: Annotated[int, Field(ge=0, le=64)] = 1
-    """GPUs requested (0 trains on CPU: only for tiny models and tests)."""
+    """GPUs requested (0 trains on CPU: only for tiny models and tests). More than one trains
+    data-parallel in the one pod: one process per GPU under torchrun (DDP), `batchSize` per
+    GPU, so the effective batch is gpus x batchSize x gradientAccumulationSteps."""
     gpu_resource_name: Annotated[
         str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     ] = "nvidia.com/gpu"
