@@ -5,6 +5,10 @@ Facts that shape this helper (measured on these machines):
 - its embedded etcd always listens on 127.0.0.1:2379/2380, so one instance per machine;
 - SIGTERM leaves it running for minutes: it is stopped by SIGKILL to its process group
   (its data survives that, as after a crash);
+- it listens on every interface, while the package picks ports by binding 127.0.0.1 only: a
+  port the local node runtime holds on a Service address (a KnowledgeBase store's 19530)
+  looks free to it, and Milvus's proxy then silently fails to listen; this helper picks its
+  gRPC and health ports by binding every interface, and checks the gRPC port answers;
 - it writes `/run/milvus/standalone.pid` and `/tmp/milvus/server_id_<pid>` outside its data
   directory, which stop() removes.
 Development tooling only: in a cluster Milvus runs from its own chart or operator.
@@ -29,6 +33,19 @@ LOG_TAIL_BYTES = 3000
 
 class MilvusServerError(RuntimeError):
     """The server could not be started; the message says why."""
+
+
+def _free_port_everywhere() -> int:
+    """A port free on every interface (no SO_REUSEADDR: a listener on any address fails it)."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _port_taken(port: int) -> bool:
@@ -69,13 +86,10 @@ class MilvusServer:
             )
         from milvus import MilvusServerConfig, _initialize_data_files
 
-        config = MilvusServerConfig(data_dir=str(self.data_dir))
-        config.resolve()  # free ports from Milvus's defaults on, milvus.yaml written
+        self.port, self.health_port = _free_port_everywhere(), _free_port_everywhere()
+        config = MilvusServerConfig(data_dir=str(self.data_dir), proxy_port=self.port)
+        config.resolve()  # the other ports from Milvus's defaults on, milvus.yaml written
         _initialize_data_files(str(self.data_dir))  # unpacks the binaries (6 s, 246 MB)
-        self.port = int(config.get("proxy_port"))
-        health_port, probe = config.resolve_port(9091)
-        probe.close()
-        self.health_port = int(health_port)
         bin_dir = self.data_dir / "bin"
         env = {
             **os.environ,
@@ -116,11 +130,12 @@ class MilvusServer:
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(url, timeout=2) as resp,
             ):
-                if b"OK" in resp.read():
+                if b"OK" in resp.read() and _answers(self.port):
                     return
             time.sleep(0.25)
         raise MilvusServerError(
-            f"Milvus did not answer {url} within {timeout:.0f} s; its log ends with:\n"
+            f"Milvus did not answer {url} and gRPC on port {self.port} within {timeout:.0f} s;"
+            f" its log ends with:\n"
             f"{self.log_tail()}"
         )
 
