@@ -64,6 +64,21 @@ def test_external_milvus_needs_no_store() -> None:
     assert kb.store_uri(PARENT, external) == "http://milvus.db:19530"
 
 
+def test_autoindex_is_an_exact_scan_on_the_embedded_store_only() -> None:
+    def index_of(the_spec: KnowledgeBaseSpec) -> str:
+        plan = kb.plan_sync(PARENT, the_spec, {"generation": 3})
+        config_map, _ = kb.sync_children(PARENT, the_spec, plan, OperatorConfig())
+        config = EmbedJobConfig.model_validate_json(config_map["data"]["shard-0.json"])
+        return config.store.index_type
+
+    server = {"uri": "http://milvus.db:19530"}
+    assert index_of(spec()) == "FLAT"
+    assert index_of(spec(vectorStore={"milvus": {"index": {"type": "HNSW"}}})) == "HNSW"
+    assert index_of(spec(vectorStore={"milvus": server})) == "AUTOINDEX"
+    chosen = {**server, "index": {"type": "IVF_FLAT"}}
+    assert index_of(spec(vectorStore={"milvus": chosen})) == "IVF_FLAT"
+
+
 def test_sync_jobs_mount_sources_and_parse_as_the_embed_contract() -> None:
     the_spec = spec()
     plan = kb.plan_sync(PARENT, the_spec, {"generation": 3})

@@ -191,7 +191,8 @@ class MilvusIndex(KubeModel):
     """Vector index of the collection."""
 
     type: Literal["AUTOINDEX", "FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"] = "AUTOINDEX"
-    """Index type."""
+    """Index type. AUTOINDEX: the server's choice on a Milvus server, an exact scan (FLAT) on
+    the embedded store."""
     metric: Literal["COSINE", "IP", "L2"] = "COSINE"
     """Similarity metric."""
 
