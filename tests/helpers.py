@@ -191,6 +191,9 @@ class Asker:
                     model=model,
                     messages=[{"role": "user", "content": self.question}],
                     max_tokens=self.max_tokens,
+                    # A random-weight model may pick its end token first, an empty answer no
+                    # different from a server that answered nothing; run to max_tokens instead.
+                    extra_body={"ignore_eos": True},
                 )
                 if completion.model != model or not completion.choices[0].message.content:
                     raise AssertionError(f"a wrong or empty answer: {completion!r}")

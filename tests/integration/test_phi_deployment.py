@@ -247,12 +247,14 @@ def test_openai_client_lists_the_base_and_the_adapter_with_its_parent(
     assert models["tone"].model_extra["parent"] == "tiny-phi3"  # type: ignore[index]
 
 
-def chat(client: openai.OpenAI, model: str, question: str) -> Any:
+def chat(client: openai.OpenAI, model: str, question: str, to_limit: bool = False) -> Any:
+    """A greedy answer; `to_limit` runs it to max_tokens past any end token."""
     return client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": question}],
         temperature=0,
         max_tokens=12,
+        extra_body={"ignore_eos": True} if to_limit else None,
     )
 
 
@@ -344,7 +346,11 @@ def test_a_job_finishing_loads_its_adapter_hot_while_clients_stream(
     assert before is not None
     old_hash = before["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"]
     pods = serving_pods(stack)
-    old_answer = chat(client, "tone", "Is order 3 on its way?").choices[0].message.content
+    # Run to the limit: with the retrieved context around it, a prompt far longer than the
+    # tiny adapter's 96 training tokens, its greedy first token can be its end token, and two
+    # empty answers cannot show which adapter spoke.
+    old_answer = chat(client, "tone", "Is order 3 on its way?", True).choices[0].message.content
+    assert old_answer
     # Point the adapter at a job that does not exist yet: the old adapter keeps serving.
     patch = {"spec": {"adapters": [{"name": "tone", "fineTuneJobRef": {"name": "tone-v2"}}]}}
     stack.kubectl("patch", "-n", NS, "phid", "assistant", "--type=merge", "-p", json.dumps(patch))
@@ -393,7 +399,7 @@ def test_a_job_finishing_loads_its_adapter_hot_while_clients_stream(
     assert after["spec"]["template"]["metadata"]["annotations"]["phiops.dev/config-hash"] == (
         old_hash
     )
-    new_answer = chat(client, "tone", "Is order 3 on its way?").choices[0].message.content
+    new_answer = chat(client, "tone", "Is order 3 on its way?", True).choices[0].message.content
     assert new_answer != old_answer
 
 
@@ -592,8 +598,9 @@ def test_one_of_two_replicas_killed_the_other_keeps_answering(
         with (
             openai.OpenAI(base_url=base_url, api_key="unused", max_retries=5, timeout=60) as c,
             # The base model only: in one run two adapter answers from the replacement came
-            # back empty or named another model (not root-caused; see the reliability page),
-            # and adapters are not what this test is about.
+            # back empty (a random model sampling its end token first: now run to the limit)
+            # or named another model (not root-caused; see the reliability page), and
+            # adapters are not what this test is about.
             helpers.Asker(c, ["tiny-phi3"], REFUND_QUESTION, 8) as asker,
         ):
             eventually(lambda: len(asker.answered) >= 4, 120, "answers from both replicas")
