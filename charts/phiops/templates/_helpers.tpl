@@ -118,7 +118,8 @@ Children are applied server-side (create + patch), observed (get, list) and prun
 - apiGroups: ["phiops.dev"]
   resources: ["knowledgebases/finalizers", "finetunejobs/finalizers", "phideployments/finalizers"]
   verbs: ["update"]
-# Kopf posts handler outcomes as Events on the resources.
+# Events on the resources: none are posted today (Kopf's log-to-Event posting is off,
+# handlers/startup.py); the right stays so that turning it on needs no RBAC change.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
