@@ -125,7 +125,8 @@ class Result:
 
 def job(uri: str, docs: Path, alias: str, chunking: ChunkingConfig, hybrid: bool) -> EmbedJobConfig:
     embedding = EmbeddingConfig()
-    store = StoreConfig(uri=uri, alias=alias, collection="x", hybrid=hybrid)
+    # FLAT: the index the operator gives a KnowledgeBase on the embedded store.
+    store = StoreConfig(uri=uri, alias=alias, collection="x", index_type="FLAT", hybrid=hybrid)
     collection = physical_collection(alias, settings_fingerprint(chunking, embedding, store))
     return EmbedJobConfig(
         resource=ResourceIdentity.model_validate(

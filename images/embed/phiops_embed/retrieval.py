@@ -59,6 +59,22 @@ class Hit(BaseModel):
     """Higher is better: cosine/IP similarity, minus the L2 distance, or the RRF score."""
 
 
+def distinct_passages(hits: list[Hit], reach: int, limit: int) -> list[Hit]:
+    """The first `limit` hits, less those whose chunk lies in the passage of a better hit of
+    the same document (within `reach` chunks of it): once neighbours are handed over, such a
+    hit repeats text the model already has and takes the place of another passage."""
+    kept: list[Hit] = []
+    for hit in hits:
+        if len(kept) == limit:
+            break
+        if reach > 0 and any(
+            k.doc_id == hit.doc_id and abs(k.chunk_index - hit.chunk_index) <= reach for k in kept
+        ):
+            continue
+        kept.append(hit)
+    return kept
+
+
 class Retriever:
     """Search one knowledge base (its alias) on Milvus or the embedded milvus-lite server."""
 
@@ -98,7 +114,8 @@ class Retriever:
         scoring below it. With `reranker`, the first `candidates` results (at least
         `top_k`) are re-ordered by its scores before the `top_k` cut, and carry those scores.
         With `neighbors`, each hit's text is handed over with up to that many chunks of its
-        document either side (small-to-big: a small chunk is found, a larger passage read).
+        document either side (small-to-big: a small chunk is found, a larger passage read),
+        and a hit inside a better hit's passage gives its place to the next distinct one.
         Raises StoreUnavailable when Milvus cannot answer."""
         vector = self.embedder.embed([question])[0].tolist()
         metric, has_sparse = self._describe()
@@ -106,7 +123,11 @@ class Retriever:
         if hybrid and not has_sparse and not self._warned_dense:
             log.warning("%s has no full-text index: dense search only", self.alias)
             self._warned_dense = True
-        limit = max(top_k, candidates) if reranker is not None else top_k
+        # With neighbours, hits inside a better hit's passage are dropped: ask for enough
+        # candidates that `top_k` distinct passages remain.
+        limit = top_k * (2 * neighbors + 1) if neighbors > 0 else top_k
+        if reranker is not None:
+            limit = max(limit, candidates)
         try:
             raw = self._search(question, vector, limit, use_hybrid)
         except Exception as err:
@@ -120,7 +141,7 @@ class Retriever:
             hits = [h for h in hits if h.score >= score_threshold]
         if reranker is not None and hits:
             hits = reranker.rerank(question, hits)
-        hits = hits[:top_k]
+        hits = distinct_passages(hits, neighbors, top_k)
         if neighbors > 0 and hits:
             hits = self._widen(hits, neighbors)
         return hits

@@ -4,6 +4,7 @@ and a real milvus-lite server."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from phiops_embed.chunking import Chunker
 from phiops_embed.embedder import SentenceTransformerEmbedder
 from phiops_embed.rerank import Reranker
-from phiops_embed.retrieval import Retriever, join_chunks
+from phiops_embed.retrieval import Hit, Retriever, distinct_passages, join_chunks
 from phiops_embed.store import connect
 from phiops_embed.sync import run_sync
 from phiops_workload.knowledge import (
@@ -91,6 +92,23 @@ def test_join_chunks_keeps_the_overlap_once() -> None:
     assert join_chunks(["only"]) == "only"
 
 
+def _hit(doc_id: str, index: int) -> Hit:
+    return Hit(doc_id=doc_id, source="s", heading="", chunk_index=index, text="t", score=0.0)
+
+
+def test_distinct_passages_drop_hits_inside_a_better_hits_passage() -> None:
+    ranked = [_hit("a", 5), _hit("a", 6), _hit("b", 5), _hit("a", 3), _hit("a", 7), _hit("c", 0)]
+    kept = distinct_passages(ranked, 1, 3)
+    assert [(h.doc_id, h.chunk_index) for h in kept] == [("a", 5), ("b", 5), ("a", 3)]
+    assert [(h.doc_id, h.chunk_index) for h in distinct_passages(ranked, 2, 9)] == [
+        ("a", 5),
+        ("b", 5),
+        ("c", 0),
+    ]
+    # Without neighbours nothing repeats: a plain cut.
+    assert distinct_passages(ranked, 0, 4) == ranked[:4]
+
+
 def _manual_kb(store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path) -> str:
     (docs / "valves.txt").write_text(MANUAL)
     chunking = ChunkingConfig(strategy="recursive", size=24, overlap=0, include_path=False)
@@ -113,11 +131,16 @@ def test_neighbors_hand_over_the_chunks_either_side(
     chunks = {int(r[FIELD_CHUNK_INDEX]): r[FIELD_TEXT] for r in rows}
     assert len(chunks) >= 4
     question = "How many times does the violet valve turn?"
-    alone = retriever.search(question, top_k=3, hybrid=True)
-    wide = retriever.search(question, top_k=3, hybrid=True, neighbors=1)
-    assert [(h.doc_id, h.chunk_index, h.score) for h in wide] == [
-        (h.doc_id, h.chunk_index, h.score) for h in alone
+    # Dense: its ranking does not depend on how many candidates are asked for (RRF's does).
+    ranked = retriever.search(question, top_k=len(chunks) + 2)
+    wide = retriever.search(question, top_k=3, neighbors=1)
+    # The best hit leads; each later one is the best-ranked hit outside the passages kept.
+    assert (wide[0].doc_id, wide[0].chunk_index) == (ranked[0].doc_id, ranked[0].chunk_index)
+    assert [(h.doc_id, h.chunk_index) for h in wide] == [
+        (h.doc_id, h.chunk_index) for h in distinct_passages(ranked, 1, 3)
     ]
+    for first, later in itertools.combinations(wide, 2):
+        assert first.doc_id != later.doc_id or abs(first.chunk_index - later.chunk_index) > 1
     for hit in wide:
         if hit.doc_id != "docs/valves.txt":
             continue
