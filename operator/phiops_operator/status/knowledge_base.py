@@ -22,9 +22,9 @@ MAX_FAILED_NAMES = 20
 STORE_SIZE_WARNING = "StoreSizeWarning"
 STORE_FEATURES_MISSING = "StoreFeaturesMissing"
 # milvus-lite scans every row per search: search p99 grows linearly with the rows it holds.
-# Measured in issue 12 on these 2-core machines: p99 2.0 s at 100k 384-d chunks, so about
-# 0.5 s at 25k; a Milvus server answers in milliseconds (benchmarks/bench_vector_store.py
-# measures both side by side; its run here is still to be recorded).
+# benchmarks/bench_vector_store.py on the 2-core dev machine: p99 79 ms at 10k and 93 ms at
+# 25k 384-d chunks (exact scan, as phiops indexes it), 2.0 s at 100k (issue 12); a Milvus
+# server answered in 7 ms (p50) at 25k.
 EMBEDDED_STORE_FAST_CHUNKS = 25_000
 
 
