@@ -597,11 +597,9 @@ def test_one_of_two_replicas_killed_the_other_keeps_answering(
         victim, survivor = ready_server_pods(stack)
         with (
             openai.OpenAI(base_url=base_url, api_key="unused", max_retries=5, timeout=60) as c,
-            # The base model only: in one run two adapter answers from the replacement came
-            # back empty (a random model sampling its end token first: now run to the limit)
-            # or named another model (not root-caused; see the reliability page), and
-            # adapters are not what this test is about.
-            helpers.Asker(c, ["tiny-phi3"], REFUND_QUESTION, 8) as asker,
+            # The base model and the adapter in turn, each answer run to max_tokens: a random
+            # model may sample its end token first, an empty answer (two did in earlier runs).
+            helpers.Asker(c, ["tiny-phi3", "tone"], REFUND_QUESTION, 8) as asker,
         ):
             eventually(lambda: len(asker.answered) >= 4, 120, "answers from both replicas")
             stack.kubectl(
