@@ -407,6 +407,27 @@ def make_big_model(model_dir: Path, shape: dict[str, int]) -> None:
     del model
 
 
+def estimated_allocation(shape: dict[str, Any], method: str, rows: int, tokens: int) -> int:
+    """The FineTuneJob status's memory estimate for this shape (LoRA r 16, checkpointing, the
+    plain loss, as measured here), less the CUDA context that torch's peak does not count."""
+    from phiops_workload.finetune import CUDA_CONTEXT_BYTES, estimate_gpu_memory_bytes
+
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    layers, vocab = shape["num_hidden_layers"], shape["vocab_size"]
+    params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    dims = {"params": params, "layers": layers, "hidden": hidden, "intermediate": inter}
+    total = estimate_gpu_memory_bytes(
+        "",
+        method,
+        rows,
+        tokens,
+        16,
+        True,
+        shape={**dims, "vocab": vocab},  # type: ignore[arg-type]
+    )
+    return total - CUDA_CONTEXT_BYTES
+
+
 def bench_gpu(args: argparse.Namespace, work: Path) -> None:
     import torch
 
@@ -453,11 +474,13 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
         line = [f"{rows * tokens:>6} tokens ({key:>6})"]
         for method in ("lora", "qlora"):
             r = results[method][key]
+            # The operator's status estimate less the CUDA context (outside torch's count).
+            estimate = estimated_allocation(shape, method, rows, tokens)
             line.append(
                 f"{method}: OOM"
                 if r.get("oom")
                 else f"{method}: {r['tokens_per_s']:7.0f} tok/s, {r['step_s']:.2f} s/step, "
-                f"peak {gib(r['peak'])}"
+                f"peak {gib(r['peak'])} (estimate {gib(estimate)}, {estimate / r['peak']:.2f}x)"
             )
         print("  ".join(line))
     mid = f"{sizes[1][0]}x{sizes[1][1]}"

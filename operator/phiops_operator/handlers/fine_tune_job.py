@@ -142,6 +142,8 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
             spec.dataset.max_seq_length,
             spec.lora.r,
             training.gradient_checkpointing,
+            # The trainer image has Liger: `auto` fuses the loss on a GPU.
+            fused_loss=training.fused_kernels != "off",
         ),
         declared_gpu_bytes=int(parse_quantity(declared)) if declared else None,
         missing_inputs=missing,
