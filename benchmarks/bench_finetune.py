@@ -12,10 +12,12 @@ model loaded) and the base model's weight bytes, with QLoRA/LoRA ratios.
 GPU (`--gpu`, needs CUDA): the real Phi-3-mini architecture at full size (`Phi3Config` with
 Phi-3-mini's dimensions, random bf16 weights written once to `--model-dir`), with gradient
 checkpointing, at 1k, 4k and 8k tokens per micro-batch (1x1024, 1x4096, 2x4096): non-padding
-tokens/s and peak GPU memory (`torch.cuda.max_memory_allocated`) of both methods; then packed
-vs padded batches of variable-length examples (64..1024 tokens) with QLoRA, non-padding
-tokens/s. Aims: QLoRA step <= 1.15x LoRA at 4k, QLoRA peak memory <= 0.55x LoRA, packing >=
-1.5x padded.
+tokens/s and peak GPU memory (`torch.cuda.max_memory_allocated`, beside the FineTuneJob's
+status estimate) of both methods, for the plain stack (`training.fusedKernels: off`) and
+phiops's default (`auto`: Liger's kernels where installed), `--gpu-stacks`; then packed vs
+padded batches of variable-length examples (64..1024 tokens) with QLoRA, non-padding
+tokens/s. Aims (issue 13): LoRA >= 14,000 tokens/s at 8k, QLoRA step <= 1.15x LoRA at 4k,
+QLoRA peak memory <= 0.55x LoRA, packing >= 1.8x padded.
 
 Each measurement runs in a fresh process (`--worker`), so one method's memory never counts
 against the other; rounds alternate the methods and the best step time of each counts (the
@@ -265,11 +267,13 @@ def worker_gpu(job: dict[str, Any]) -> dict[str, Any]:
                     batch_size=rows_per_batch,
                     gradient_checkpointing=True,
                     max_seq=tokens,
+                    fused_kernels=job["fused"],
                 )
                 examples = synthetic_rows([tokens] * steps * rows_per_batch, vocab, seed=1)
                 rows = batching.rows(examples, packing=False, max_seq_length=tokens)
                 reset_peak()
                 trainer, _, timings = timed_trainer(config, rows, tokenizer, on, model)
+                results["fused"] = bool(trainer.fused_kernels)
                 try:
                     trainer.train()
                     results[f"{rows_per_batch}x{tokens}"] = {**summarize(timings), "peak": peak()}
@@ -407,9 +411,11 @@ def make_big_model(model_dir: Path, shape: dict[str, int]) -> None:
     del model
 
 
-def estimated_allocation(shape: dict[str, Any], method: str, rows: int, tokens: int) -> int:
-    """The FineTuneJob status's memory estimate for this shape (LoRA r 16, checkpointing, the
-    plain loss, as measured here), less the CUDA context that torch's peak does not count."""
+def estimated_allocation(
+    shape: dict[str, Any], method: str, rows: int, tokens: int, fused_loss: bool
+) -> int:
+    """The FineTuneJob status's memory estimate for this shape (LoRA r 16, checkpointing, as
+    measured here), less the CUDA context that torch's peak does not count."""
     from phiops_workload.finetune import CUDA_CONTEXT_BYTES, estimate_gpu_memory_bytes
 
     hidden, inter = shape["hidden_size"], shape["intermediate_size"]
@@ -457,43 +463,61 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
         f"({time.monotonic() - started:.0f} s to make), gradient checkpointing, "
         f"{args.gpu_steps} steps per size ({WARMUP_STEPS} warm-up)"
     )
-    results = {}
-    for method in ("lora", "qlora"):
-        job = {
-            "kind": "sizes",
-            "model": str(model_dir),
-            "method": method,
-            "steps": args.gpu_steps,
-            "sizes": sizes,
-            "vocab": 1024,
-        }
-        results[method] = run_worker(job)
-    print(f"device: {results['lora']['device']}")
-    for rows, tokens in sizes:
-        key = f"{rows}x{tokens}"
-        line = [f"{rows * tokens:>6} tokens ({key:>6})"]
+    # The plain stack (fused kernels off) and phiops's default (`auto`: Liger on a GPU where
+    # installed), each method in a worker process of its own: Liger patches the model in place.
+    stacks = {"plain": "off", "default": "auto"}
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for stack in args.gpu_stacks.split(","):
         for method in ("lora", "qlora"):
-            r = results[method][key]
-            # The operator's status estimate less the CUDA context (outside torch's count).
-            estimate = estimated_allocation(shape, method, rows, tokens)
-            line.append(
-                f"{method}: OOM"
-                if r.get("oom")
-                else f"{method}: {r['tokens_per_s']:7.0f} tok/s, {r['step_s']:.2f} s/step, "
-                f"peak {gib(r['peak'])} (estimate {gib(estimate)}, {estimate / r['peak']:.2f}x)"
-            )
-        print("  ".join(line))
-    mid = f"{sizes[1][0]}x{sizes[1][1]}"
-    lora, qlora = results["lora"][mid], results["qlora"][mid]
+            job = {
+                "kind": "sizes",
+                "model": str(model_dir),
+                "method": method,
+                "steps": args.gpu_steps,
+                "sizes": sizes,
+                "vocab": 1024,
+                "fused": stacks[stack],
+            }
+            results[method, stack] = run_worker(job)
+    print(f"device: {next(iter(results.values()))['device']}")
+    for stack in args.gpu_stacks.split(","):
+        fused = {m: results[m, stack]["fused"] for m in ("lora", "qlora")}
+        print(f"{stack} stack (training.fusedKernels: {stacks[stack]}; Liger used: {fused})")
+        for rows, tokens in sizes:
+            key = f"{rows}x{tokens}"
+            line = [f"{rows * tokens:>6} tokens ({key:>6})"]
+            for method in ("lora", "qlora"):
+                r = results[method, stack][key]
+                # The operator's status estimate less the CUDA context (outside torch's count).
+                estimate = estimated_allocation(shape, method, rows, tokens, fused[method])
+                line.append(
+                    f"{method}: OOM"
+                    if r.get("oom")
+                    else f"{method}: {r['tokens_per_s']:7.0f} tok/s, {r['step_s']:.2f} s/step, "
+                    f"peak {gib(r['peak'])} (estimate {gib(estimate)}, "
+                    f"{estimate / r['peak']:.2f}x)"
+                )
+            print("  ".join(line))
+    stack = args.gpu_stacks.split(",")[-1]
+    mid, top = f"{sizes[1][0]}x{sizes[1][1]}", f"{sizes[2][0]}x{sizes[2][1]}"
+    lora, qlora = results["lora", stack][mid], results["qlora", stack][mid]
     if not lora.get("oom") and not qlora.get("oom"):
         print(
-            f"RATIO qlora/lora step time at {mid}   {qlora['step_s'] / lora['step_s']:.2f}  "
-            "(aim <= 1.15)"
+            f"RATIO qlora/lora step time at {mid} ({stack})   "
+            f"{qlora['step_s'] / lora['step_s']:.2f}  (aim <= 1.15)"
         )
         print(
-            f"RATIO qlora/lora peak memory at {mid} {qlora['peak'] / lora['peak']:.2f}  "
-            "(aim <= 0.55)"
+            f"RATIO qlora/lora peak memory at {mid} ({stack}) "
+            f"{qlora['peak'] / lora['peak']:.2f}  (aim <= 0.55)"
         )
+    if ("lora", "plain") in results and ("lora", "default") in results:
+        plain, default = results["lora", "plain"][top], results["lora", "default"][top]
+        if not plain.get("oom") and not default.get("oom"):
+            print(f"lora at {top}: {default['tokens_per_s']:.0f} tok/s (aim >= 14000 on an H200)")
+            print(
+                f"RATIO default/plain lora tokens/s at {top}   "
+                f"{default['tokens_per_s'] / plain['tokens_per_s']:.2f}"
+            )
     job = {
         "kind": "packing",
         "model": str(model_dir),
@@ -540,6 +564,11 @@ def main() -> None:
         choices=["phi3-mini", "tiny"],
         default="phi3-mini",
         help="tiny: a dry run of the GPU section's code on any device",
+    )
+    parser.add_argument(
+        "--gpu-stacks",
+        default="plain,default",
+        help="GPU sizes: plain (fused kernels off), default (training.fusedKernels auto), or both",
     )
     parser.add_argument("--model-dir", help="GPU: where the random Phi-3-mini is (or goes)")
     parser.add_argument("--skip-cpu", action="store_true")
