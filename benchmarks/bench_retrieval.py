@@ -275,6 +275,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
+        "--misses", action="store_true", help="print the questions (a) misses in its top 5"
+    )
+    parser.add_argument(
         "--only", nargs="*", default=[], help="run (a), (b) and the systems whose label holds one"
     )
     args = parser.parse_args()
@@ -366,6 +369,8 @@ def main() -> None:
             began = time.perf_counter()
             chunks, rankings = run()
             seconds = time.perf_counter() - began
+            if args.misses and label.startswith("(a)"):
+                print_misses(questions, rankings)
             ranks = [first_grounded(q, r) for q, r in zip(questions, rankings, strict=True)]
             results.append(Result(label, how, chunks, score(questions, rankings), seconds, ranks))
             print(f"  {label}: {chunks} chunks, {seconds:.1f} s", flush=True)
@@ -383,6 +388,20 @@ def main() -> None:
             print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def print_misses(questions: Sequence[Question], rankings: Sequence[Sequence[Retrieved]]) -> None:
+    """Each question (a) does not ground in its top 5: what it got instead."""
+    for question, ranked in zip(questions, rankings, strict=True):
+        rank = first_grounded(question, ranked)
+        if rank is not None and rank <= 5:
+            continue
+        print(
+            f"  MISS ({rank or '-'}) {question.doc}: {question.question!r} -> {question.answer!r}"
+        )
+        for i, hit in enumerate(ranked[:5], start=1):
+            own = "same doc" if hit.doc == question.doc else hit.doc
+            print(f"      {i}. {own}: {' '.join(hit.text.split())[:110]!r}")
 
 
 def summarise(results: Sequence[Result]) -> None:
