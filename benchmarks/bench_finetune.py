@@ -138,7 +138,9 @@ def summarize(steps: list[tuple[float, int]]) -> dict[str, float]:
     return {"step_s": seconds, "tokens_per_s": tokens}
 
 
-def train_config(model_dir: str, method: str, out: str, **training: Any) -> Any:
+def train_config(
+    model_dir: str, method: str, out: str, unquantized: str = "float32", **training: Any
+) -> Any:
     from phiops_workload.finetune import TrainJobConfig
 
     return TrainJobConfig.model_validate(
@@ -148,7 +150,12 @@ def train_config(model_dir: str, method: str, out: str, **training: Any) -> Any:
             "dataset": {"path": "generated", "max_seq_length": training.pop("max_seq", 256)},
             "method": method,
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-            "quantization": {"type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+            "quantization": {
+                "type": "nf4",
+                "double_quant": True,
+                "compute_dtype": "bfloat16",
+                "unquantized_dtype": unquantized,
+            },
             "training": {
                 "learning_rate": 2e-4,
                 "scheduler": "constant",
@@ -253,7 +260,10 @@ def worker_gpu(job: dict[str, Any]) -> dict[str, Any]:
         return torch.cuda.max_memory_allocated() if on == "cuda" else proc_status("VmHWM")
 
     with tempfile.TemporaryDirectory() as out:
-        base = train_config(job["model"], job["method"], out, gradient_checkpointing=True)
+        unquantized = job.get("unquantized", "float32")
+        base = train_config(
+            job["model"], job["method"], out, unquantized, gradient_checkpointing=True
+        )
         tokenizer = load_tokenizer(base.base_model)
         # Loaded (and quantized, for qlora) once; each measurement gets its own Trainer.
         model = wrap_for_training(load_model(base, on), base, on)
@@ -263,6 +273,7 @@ def worker_gpu(job: dict[str, Any]) -> dict[str, Any]:
                     job["model"],
                     job["method"],
                     out,
+                    unquantized,
                     max_steps=steps,
                     batch_size=rows_per_batch,
                     gradient_checkpointing=True,
@@ -412,7 +423,12 @@ def make_big_model(model_dir: Path, shape: dict[str, int]) -> None:
 
 
 def estimated_allocation(
-    shape: dict[str, Any], method: str, rows: int, tokens: int, fused_loss: bool
+    shape: dict[str, Any],
+    method: str,
+    rows: int,
+    tokens: int,
+    fused_loss: bool,
+    unquantized_fp32: bool = True,
 ) -> int:
     """The FineTuneJob status's memory estimate for this shape (LoRA r 16, checkpointing, as
     measured here), less the CUDA context that torch's peak does not count."""
@@ -422,14 +438,17 @@ def estimated_allocation(
     layers, vocab = shape["num_hidden_layers"], shape["vocab_size"]
     params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
     dims = {"params": params, "layers": layers, "hidden": hidden, "intermediate": inter}
+    base_method: Any = method.split("-")[0]  # "qlora-compute" is qlora
     total = estimate_gpu_memory_bytes(
         "",
-        method,
+        base_method,
         rows,
         tokens,
         16,
         True,
-        shape={**dims, "vocab": vocab},  # type: ignore[arg-type]
+        shape={**dims, "vocab": vocab},
+        fused_loss=fused_loss,
+        unquantized_fp32=unquantized_fp32,
     )
     return total - CUDA_CONTEXT_BYTES
 
@@ -466,13 +485,16 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
     # The plain stack (fused kernels off) and phiops's default (`auto`: Liger on a GPU where
     # installed), each method in a worker process of its own: Liger patches the model in place.
     stacks = {"plain": "off", "default": "auto"}
+    # qlora-compute: QLoRA with quantization.unquantizedDtype compute (no fp32 upcast).
+    methods = ["lora", "qlora"] + (["qlora-compute"] if args.gpu_lean_qlora else [])
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for stack in args.gpu_stacks.split(","):
-        for method in ("lora", "qlora"):
+        for method in methods:
             job = {
                 "kind": "sizes",
                 "model": str(model_dir),
-                "method": method,
+                "method": method.split("-")[0],
+                "unquantized": "compute" if method == "qlora-compute" else "float32",
                 "steps": args.gpu_steps,
                 "sizes": sizes,
                 "vocab": 1024,
@@ -481,15 +503,17 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
             results[method, stack] = run_worker(job)
     print(f"device: {next(iter(results.values()))['device']}")
     for stack in args.gpu_stacks.split(","):
-        fused = {m: results[m, stack]["fused"] for m in ("lora", "qlora")}
+        fused = {m: results[m, stack]["fused"] for m in methods}
         print(f"{stack} stack (training.fusedKernels: {stacks[stack]}; Liger used: {fused})")
         for rows, tokens in sizes:
             key = f"{rows}x{tokens}"
             line = [f"{rows * tokens:>6} tokens ({key:>6})"]
-            for method in ("lora", "qlora"):
+            for method in methods:
                 r = results[method, stack][key]
                 # The operator's status estimate less the CUDA context (outside torch's count).
-                estimate = estimated_allocation(shape, method, rows, tokens, fused[method])
+                estimate = estimated_allocation(
+                    shape, method, rows, tokens, fused[method], method != "qlora-compute"
+                )
                 line.append(
                     f"{method}: OOM"
                     if r.get("oom")
@@ -509,6 +533,16 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
         print(
             f"RATIO qlora/lora peak memory at {mid} ({stack}) "
             f"{qlora['peak'] / lora['peak']:.2f}  (aim <= 0.55)"
+        )
+    lean = results.get(("qlora-compute", stack), {}).get(mid, {"oom": True})
+    if not lora.get("oom") and not lean.get("oom"):
+        print(
+            f"RATIO qlora-compute/lora step time at {mid} ({stack})   "
+            f"{lean['step_s'] / lora['step_s']:.2f}  (aim <= 1.15)"
+        )
+        print(
+            f"RATIO qlora-compute/lora peak memory at {mid} ({stack}) "
+            f"{lean['peak'] / lora['peak']:.2f}  (aim <= 0.55)"
         )
     if ("lora", "plain") in results and ("lora", "default") in results:
         plain, default = results["lora", "plain"][top], results["lora", "default"][top]
@@ -569,6 +603,11 @@ def main() -> None:
         "--gpu-stacks",
         default="plain,default",
         help="GPU sizes: plain (fused kernels off), default (training.fusedKernels auto), or both",
+    )
+    parser.add_argument(
+        "--gpu-lean-qlora",
+        action="store_true",
+        help="GPU sizes: also QLoRA with quantization.unquantizedDtype compute (no fp32 upcast)",
     )
     parser.add_argument("--model-dir", help="GPU: where the random Phi-3-mini is (or goes)")
     parser.add_argument("--skip-cpu", action="store_true")

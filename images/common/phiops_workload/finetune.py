@@ -55,6 +55,7 @@ class QuantizationSpec(_Model):
     type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    unquantized_dtype: Literal["float32", "compute"] = "float32"
 
 
 class TrainingSpec(_Model):
@@ -211,6 +212,7 @@ def estimate_gpu_memory_bytes(
     gradient_checkpointing: bool,
     shape: dict[str, int] | None = None,
     fused_loss: bool = False,
+    unquantized_fp32: bool = True,
 ) -> int:
     """Peak GPU memory of one training step, per device: torch's peak allocation plus the
     CUDA context. A planning figure; tests/unit/test_gpu_memory_estimate.py holds it to the
@@ -218,7 +220,7 @@ def estimate_gpu_memory_bytes(
 
     - weights: bf16 for lora; for qlora 4.5 bits per quantized parameter (NF4 + double
       quantization) and, for the input embeddings and output head that stay unquantized, 4
-      bytes: peft's k-bit preparation upcasts them to fp32;
+      bytes where peft's k-bit preparation upcasts them to fp32 (`unquantized_fp32`), else 2;
     - adapters: fp32 weights, gradients and two AdamW moments;
     - activations: with gradient checkpointing each layer's input (the residual stream, in
       bf16, or fp32 after qlora's upcast) plus one layer's working set; without it every
@@ -231,8 +233,8 @@ def estimate_gpu_memory_bytes(
     vocab = s.get("vocab", 32064)
     unquantized = 2 * vocab * hidden  # input embeddings and output head (not tied in Phi-3)
     if method == "qlora":
-        weights = (params - unquantized) * 4.5 / 8 + unquantized * 4
-        stream_bytes = 4
+        stream_bytes = 4 if unquantized_fp32 else 2
+        weights = (params - unquantized) * 4.5 / 8 + unquantized * stream_bytes
     else:
         weights = params * 2
         stream_bytes = 2

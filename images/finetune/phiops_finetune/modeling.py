@@ -2,7 +2,8 @@
 
 - `lora`: the base in bf16 on a GPU (fp32 on CPU), LoRA adapters in fp32 on top.
 - `qlora`: the base quantized to 4 bits by bitsandbytes (NF4 or FP4, optional double
-  quantization, the configured compute dtype), `prepare_model_for_kbit_training`, then LoRA.
+  quantization, the configured compute dtype), `prepare_model_for_kbit_training` (or, with
+  `unquantizedDtype: compute`, the same less its fp32 cast), then LoRA.
 
 bitsandbytes on CPU: the first no-grad forward of a 4-bit layer in eval mode repacks its
 weights for an AVX512-BF16 inference kernel that has no backward, and training afterwards
@@ -92,7 +93,7 @@ def load_model(
             bnb_4bit_compute_dtype=dtype,
         )
     # qlora: the parts left unquantized (norms, embeddings) load in the compute dtype too;
-    # prepare_model_for_kbit_training casts them to fp32 for training.
+    # prepare_model_for_kbit_training casts them to fp32 for training (unless told not to).
     kwargs["dtype"] = dtype
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
         source(config.base_model), **kwargs
@@ -116,18 +117,31 @@ def guard_cpu_4bit(model: torch.nn.Module) -> int:
     return guarded
 
 
+def prepare_in_compute_dtype(model: PreTrainedModel, checkpointing: bool) -> None:
+    """peft's k-bit preparation less its fp32 cast (`quantization.unquantizedDtype: compute`):
+    the base frozen and, when asked, non-reentrant activation checkpointing (which needs no
+    gradient on the inputs); the unquantized weights stay in the dtype they loaded in."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def wrap_for_training(model: PreTrainedModel, config: TrainJobConfig, on: str) -> Any:
     """Freeze the base and add LoRA adapters (after k-bit preparation for qlora)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = config.training.gradient_checkpointing
     if config.method == "qlora":
-        prepare: Any = prepare_model_for_kbit_training  # untyped in peft
-        model = prepare(
-            model,
-            use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+        if config.quantization.unquantized_dtype == "float32":
+            prepare: Any = prepare_model_for_kbit_training  # untyped in peft
+            model = prepare(
+                model,
+                use_gradient_checkpointing=checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        else:
+            prepare_in_compute_dtype(model, checkpointing)
         if on == "cpu":
             log.info(
                 "4-bit layers guarded against CPU inference repacking: %d", guard_cpu_4bit(model)

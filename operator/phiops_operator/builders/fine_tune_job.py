@@ -67,6 +67,7 @@ SHM_SIZE = "1Gi"
 LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("training", "paddingFree"): True,
     ("training", "fusedKernels"): "auto",
+    ("quantization", "unquantizedDtype"): "float32",
 }
 
 

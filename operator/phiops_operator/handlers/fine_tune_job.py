@@ -144,6 +144,7 @@ async def step(context: Context, spec: FineTuneJobSpec) -> StatusUpdate:
             training.gradient_checkpointing,
             # The trainer image has Liger: `auto` fuses the loss on a GPU.
             fused_loss=training.fused_kernels != "off",
+            unquantized_fp32=spec.quantization.unquantized_dtype == "float32",
         ),
         declared_gpu_bytes=int(parse_quantity(declared)) if declared else None,
         missing_inputs=missing,

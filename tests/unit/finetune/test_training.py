@@ -189,9 +189,45 @@ def test_qlora_4bit_on_cpu_trains_with_eval_packing_and_checkpointing(
         "type": "nf4",
         "double_quant": True,
         "compute_dtype": "bfloat16",
+        "unquantized_dtype": "float32",
     }
     assert prov["training"]["packing"] is True
     assert_adapter_changes_output(tiny_model, output, tokenizer)
+
+
+@pytest.mark.parametrize("unquantized", ["float32", "compute"])
+def test_qlora_keeps_the_unquantized_weights_in_the_dtype_asked_and_trains_only_lora(
+    tiny_model: Path, unquantized: str
+) -> None:
+    import torch
+    from phiops_finetune import modeling
+
+    config = make_config(
+        tiny_model,
+        tiny_model,
+        tiny_model,
+        method="qlora",
+        quantization={"compute_dtype": "bfloat16", "unquantized_dtype": unquantized},
+        training={"gradient_checkpointing": True},
+    )
+    model = modeling.wrap_for_training(modeling.load_model(config, "cpu"), config, "cpu")
+    expected = torch.float32 if unquantized == "float32" else torch.bfloat16
+    plain = {
+        name: p.dtype
+        for name, p in model.named_parameters()
+        if "lora_" not in name and p.__class__.__name__ != "Params4bit"
+    }
+    assert any("embed_tokens" in n for n in plain) and any("lm_head" in n for n in plain)
+    assert set(plain.values()) == {expected}, plain
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.is_gradient_checkpointing
+    model.train()
+    ids = torch.arange(5, 37).reshape(2, 16)
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
 
 
 def test_guarded_4bit_layers_keep_gradients_right_after_an_eval(tiny_model: Path) -> None:
