@@ -22,9 +22,9 @@ MAX_FAILED_NAMES = 20
 STORE_SIZE_WARNING = "StoreSizeWarning"
 STORE_FEATURES_MISSING = "StoreFeaturesMissing"
 # milvus-lite scans every row per search: search p99 grows linearly with the rows it holds.
-# benchmarks/bench_vector_store.py on the 2-core dev machine: p99 79 ms at 10k and 93 ms at
-# 25k 384-d chunks (exact scan, as phiops indexes it), 2.0 s at 100k (issue 12); a Milvus
-# server answered in 7 ms (p50) at 25k.
+# benchmarks/bench_vector_store.py on the 2-core dev machine: p99 71-79 ms at 10k and 93-131
+# ms at 25k 384-d chunks (exact scan, as phiops indexes it), 2.0 s at 100k (issue 12); a
+# Milvus server answered in 5-7 ms (p50) at 25k.
 EMBEDDED_STORE_FAST_CHUNKS = 25_000
 
 
