@@ -317,3 +317,11 @@ def test_retrieval_defaults_are_the_measured_best_and_rerank_is_passed_on() -> N
     )
     # Re-ranking changes what the server does: its config hash, so the pods roll.
     assert build(plain)[1] != build({**SPEC, "knowledgeBaseRef": ref})[1]
+
+
+def test_an_hnsw_ef_reaches_the_server_and_rolls_it() -> None:
+    plain = {**SPEC, "knowledgeBaseRef": {"name": "handbook"}}
+    wide = {**SPEC, "knowledgeBaseRef": {"name": "handbook", "ef": 256}}
+    assert served(build(plain)).retrieval.ef is None  # type: ignore[union-attr]
+    assert served(build(wide)).retrieval.ef == 256  # type: ignore[union-attr]
+    assert build(plain)[1] != build(wide)[1]

@@ -58,6 +58,8 @@ class RetrievalConfig(_Strict):
     """Small-to-big: each hit is handed over with up to this many chunks of its document
     either side."""
     rerank: RerankConfig | None = None
+    ef: int | None = Field(default=None, ge=1, le=32768)
+    """HNSW search breadth of the dense search; None: the store's default."""
     citations: bool = True
     """Return the retrieved sources with each answer."""
     model: str | None = None

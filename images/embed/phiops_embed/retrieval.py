@@ -108,6 +108,7 @@ class Retriever:
         neighbors: int = 0,
         reranker: Reranker | None = None,
         candidates: int = 0,
+        ef: int | None = None,
     ) -> list[Hit]:
         """The `top_k` chunks closest to `question`, best first. `hybrid` fuses dense and
         BM25 results (RRF) where the collection has full text; `score_threshold` drops hits
@@ -116,6 +117,8 @@ class Retriever:
         With `neighbors`, each hit's text is handed over with up to that many chunks of its
         document either side (small-to-big: a small chunk is found, a larger passage read),
         and a hit inside a better hit's passage gives its place to the next distinct one.
+        `ef` is HNSW's search breadth for the dense search (the store's default when None;
+        an exact index ignores it).
         Raises StoreUnavailable when Milvus cannot answer."""
         vector = self.embedder.embed([question])[0].tolist()
         metric, has_sparse = self._describe()
@@ -129,13 +132,13 @@ class Retriever:
         if reranker is not None:
             limit = max(limit, candidates)
         try:
-            raw = self._search(question, vector, limit, use_hybrid)
+            raw = self._search(question, vector, limit, use_hybrid, ef)
         except Exception as err:
             if "load" not in str(err).lower():
                 raise
             # milvus-lite restarted (collections come back released): load, ask again.
             load_collection(self.client, self.alias)
-            raw = self._search(question, vector, limit, use_hybrid)
+            raw = self._search(question, vector, limit, use_hybrid, ef)
         hits = [self._hit(h, metric, use_hybrid) for h in raw]
         if score_threshold is not None:
             hits = [h for h in hits if h.score >= score_threshold]
@@ -177,13 +180,14 @@ class Retriever:
         self.client.close()
 
     def _search(
-        self, question: str, vector: list[float], top_k: int, hybrid: bool
+        self, question: str, vector: list[float], top_k: int, hybrid: bool, ef: int | None
     ) -> list[dict[str, Any]]:
         from pymilvus import AnnSearchRequest, RRFRanker
 
+        dense: dict[str, Any] = {"params": {"ef": ef}} if ef else {}
         if hybrid:
             requests = [
-                AnnSearchRequest(data=[vector], anns_field=FIELD_VECTOR, param={}, limit=top_k),
+                AnnSearchRequest(data=[vector], anns_field=FIELD_VECTOR, param=dense, limit=top_k),
                 AnnSearchRequest(data=[question], anns_field=FIELD_SPARSE, param={}, limit=top_k),
             ]
             call = partial(
@@ -203,6 +207,7 @@ class Retriever:
                 anns_field=FIELD_VECTOR,
                 limit=top_k,
                 output_fields=OUTPUT_FIELDS,
+                **({"search_params": dense} if dense else {}),
             )
             result = guarded("search", call)
         return list(result[0]) if result else []

@@ -135,6 +135,7 @@ class KnowledgeBase:
             neighbors=self.config.neighbors,
             reranker=self._reranker,
             candidates=self.config.rerank.candidates if self.config.rerank else 0,
+            ef=self.config.ef,
         )
         started = time.monotonic()
         try:

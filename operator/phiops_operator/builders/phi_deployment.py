@@ -155,6 +155,7 @@ def serve_config(spec: PhiDeploymentSpec, inputs: Inputs) -> ServeConfig:
             hybrid=ref.hybrid,
             neighbors=ref.neighbors,
             rerank=_rerank(ref, kb.device),
+            ef=ref.ef,
             citations=ref.citations,
             model=kb.model,
             device=kb.device,

@@ -151,6 +151,19 @@ def test_neighbors_hand_over_the_chunks_either_side(
     retriever.close()
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_search_with_ef_is_accepted_and_finds_the_same_chunks(
+    store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path, hybrid: bool
+) -> None:
+    alias = _manual_kb(store, embedder, docs)
+    retriever = Retriever(store.uri, alias, embedder=embedder)
+    question = "How many times does the violet valve turn?"
+    plain = retriever.search(question, top_k=3, hybrid=hybrid)
+    wide = retriever.search(question, top_k=3, hybrid=hybrid, ef=256)
+    assert [(h.doc_id, h.chunk_index) for h in wide] == [(h.doc_id, h.chunk_index) for h in plain]
+    retriever.close()
+
+
 def test_the_reranker_orders_the_candidates_by_its_scores_before_the_cut(
     store: StoreServer,
     embedder: SentenceTransformerEmbedder,
