@@ -61,6 +61,13 @@ PHI3_MINI = {
     "max_position_embeddings": 8192,
     "original_max_position_embeddings": 4096,
 }
+# The GPU section's columns: (method, quantization.unquantizedDtype); qlora-compute is QLoRA
+# without peft's fp32 upcast (`--gpu-lean-qlora`).
+VARIANTS = {
+    "lora": ("lora", "float32"),
+    "qlora": ("qlora", "float32"),
+    "qlora-compute": ("qlora", "compute"),
+}
 GPU_SIZES = [(1, 1024), (1, 4096), (2, 4096)]  # (rows, tokens per row) per micro-batch
 WARMUP_STEPS = 2
 
@@ -423,32 +430,29 @@ def make_big_model(model_dir: Path, shape: dict[str, int]) -> None:
 
 
 def estimated_allocation(
-    shape: dict[str, Any],
-    method: str,
-    rows: int,
-    tokens: int,
-    fused_loss: bool,
-    unquantized_fp32: bool = True,
+    shape: dict[str, Any], variant: str, rows: int, tokens: int, fused_loss: bool
 ) -> int:
-    """The FineTuneJob status's memory estimate for this shape (LoRA r 16, checkpointing, as
-    measured here), less the CUDA context that torch's peak does not count."""
-    from phiops_workload.finetune import CUDA_CONTEXT_BYTES, estimate_gpu_memory_bytes
+    """The FineTuneJob status's memory estimate for this shape and variant (LoRA r 16,
+    checkpointing, as measured here), less the CUDA context that torch's peak does not count."""
+    from phiops_workload.finetune import CUDA_CONTEXT_BYTES, estimate_gpu_memory_bytes, phi3_shape
 
-    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
-    layers, vocab = shape["num_hidden_layers"], shape["vocab_size"]
-    params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
-    dims = {"params": params, "layers": layers, "hidden": hidden, "intermediate": inter}
-    base_method: Any = method.split("-")[0]  # "qlora-compute" is qlora
+    method, unquantized = VARIANTS[variant]
+    dims = phi3_shape(
+        shape["hidden_size"],
+        shape["intermediate_size"],
+        shape["num_hidden_layers"],
+        shape["vocab_size"],
+    )
     total = estimate_gpu_memory_bytes(
         "",
-        base_method,
+        method,  # type: ignore[arg-type]
         rows,
         tokens,
         16,
         True,
-        shape={**dims, "vocab": vocab},
+        shape=dims,
         fused_loss=fused_loss,
-        unquantized_fp32=unquantized_fp32,
+        unquantized_fp32=unquantized == "float32",
     )
     return total - CUDA_CONTEXT_BYTES
 
@@ -485,7 +489,6 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
     # The plain stack (fused kernels off) and phiops's default (`auto`: Liger on a GPU where
     # installed), each method in a worker process of its own: Liger patches the model in place.
     stacks = {"plain": "off", "default": "auto"}
-    # qlora-compute: QLoRA with quantization.unquantizedDtype compute (no fp32 upcast).
     methods = ["lora", "qlora"] + (["qlora-compute"] if args.gpu_lean_qlora else [])
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for stack in args.gpu_stacks.split(","):
@@ -493,8 +496,8 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
             job = {
                 "kind": "sizes",
                 "model": str(model_dir),
-                "method": method.split("-")[0],
-                "unquantized": "compute" if method == "qlora-compute" else "float32",
+                "method": VARIANTS[method][0],
+                "unquantized": VARIANTS[method][1],
                 "steps": args.gpu_steps,
                 "sizes": sizes,
                 "vocab": 1024,
@@ -511,9 +514,7 @@ def bench_gpu(args: argparse.Namespace, work: Path) -> None:
             for method in methods:
                 r = results[method, stack][key]
                 # The operator's status estimate less the CUDA context (outside torch's count).
-                estimate = estimated_allocation(
-                    shape, method, rows, tokens, fused[method], method != "qlora-compute"
-                )
+                estimate = estimated_allocation(shape, method, rows, tokens, fused[method])
                 line.append(
                     f"{method}: OOM"
                     if r.get("oom")

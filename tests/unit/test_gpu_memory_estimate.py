@@ -11,6 +11,7 @@ from phiops_workload.finetune import (
     GIB,
     PHI3_SHAPES,
     estimate_gpu_memory_bytes,
+    phi3_shape,
 )
 
 MINI = "microsoft/Phi-3-mini-4k-instruct"
@@ -43,9 +44,11 @@ def test_the_minis_shape_adds_up_to_its_parameter_count() -> None:
     # (small and medium shape attention differently: grouped-query heads, blocksparse)
     for name in (MINI, "microsoft/Phi-3-mini-128k-instruct"):
         s = PHI3_SHAPES[name]
-        hidden, inter, layers = s["hidden"], s["intermediate"], s["layers"]
-        counted = 2 * s["vocab"] * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
-        assert abs(counted / s["params"] - 1) < 0.001, name
+        counted = phi3_shape(s["hidden"], s["intermediate"], s["layers"], s["vocab"])
+        assert abs(counted["params"] / s["params"] - 1) < 0.001, name
+        assert {k: v for k, v in counted.items() if k != "params"} == {
+            k: v for k, v in s.items() if k != "params"
+        }
 
 
 def test_a_fused_loss_drops_the_logits_and_qlora_halves_the_memory() -> None:

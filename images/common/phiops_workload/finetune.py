@@ -192,6 +192,21 @@ PHI3_SHAPES: dict[str, dict[str, int]] = {
     },
 }
 GIB = 1024**3
+
+
+def phi3_shape(hidden: int, intermediate: int, layers: int, vocab: int) -> dict[str, int]:
+    """The estimate's shape of a Phi-3 with full multi-head attention (the mini's) and untied
+    embeddings: its parameter count from its dimensions."""
+    params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * intermediate)
+    return {
+        "params": params,
+        "layers": layers,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "vocab": vocab,
+    }
+
+
 # The CUDA context and loaded kernels: on the GPU, outside what torch counts as allocated.
 CUDA_CONTEXT_BYTES = GIB // 2
 # Bytes per token and vocabulary entry of the plain loss: the logits in bf16, their fp32 copy

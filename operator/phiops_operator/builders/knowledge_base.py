@@ -76,8 +76,9 @@ def index_type(spec: KnowledgeBaseSpec) -> str:
     """The vector index the collection gets. `AUTOINDEX` is the server's own choice on a
     Milvus server; on the embedded store it is FLAT, an exact scan: milvus-lite's automatic
     index (faiss HNSW, M 16) lost a chunk for good among near-duplicate ones (1,373 rows, 292
-    distinct vectors: not found even at ef 4,096), and an exact scan of the sizes the
-    embedded store is meant for costs milliseconds (docs/knowledge-bases.md)."""
+    distinct vectors: not found even at ef 4,096); an exact scan of the sizes the
+    embedded store is meant for costs tens of milliseconds (80 ms p50 at 25k chunks, about
+    3x its HNSW once loaded: docs/knowledge-bases.md)."""
     milvus = spec.vector_store.milvus
     if milvus.uri is None and milvus.index.type == "AUTOINDEX":
         return "FLAT"
