@@ -148,9 +148,12 @@ def test_an_idle_resource_sends_the_api_server_nothing(operator: Operator, crds:
         "the server Deployment",
     )
     time.sleep(5)  # the children's own events have come and gone
-    annotations = json.loads(crds.kubectl("get", "-n", NS, "phid", "idle", "-o", "json"))[
-        "metadata"
-    ].get("annotations") or {}
+    annotations = (
+        json.loads(crds.kubectl("get", "-n", NS, "phid", "idle", "-o", "json"))["metadata"].get(
+            "annotations"
+        )
+        or {}
+    )
     # Kopf's record of the last handled spec would have been one more write per new resource.
     assert not [key for key in annotations if key.startswith("phiops.dev/")], annotations
     before = operator_requests(operator.metrics_port)
