@@ -202,6 +202,12 @@ class Kube:
             results.update(zip((i for i, _ in batch), answers, strict=True))
         return [results[i] for i in range(len(manifests))]
 
+    async def post_event(self, event: dict[str, Any]) -> None:
+        """Create a core/v1 Event; tried once: an Event is advice, never worth a reconcile's
+        retry or back-off."""
+        namespace = event["metadata"]["namespace"]
+        await self._call("POST", f"/api/v1/namespaces/{namespace}/events", body=event, attempts=1)
+
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:

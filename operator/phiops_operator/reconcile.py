@@ -9,11 +9,12 @@ nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from phiops_operator import GROUP, VERSION, conditions, metrics
+from phiops_operator import GROUP, VERSION, conditions, events, metrics
 from phiops_operator.config import OperatorConfig
 from phiops_operator.k8s import Kube, Rejected
 from phiops_operator.metrics import observe_reconcile
@@ -21,6 +22,7 @@ from phiops_operator.models.kinds import Kind
 from phiops_operator.status.common import ACCEPTED, invalid_spec
 from phiops_operator.validation import InvalidSpec, validate
 
+log = logging.getLogger(__name__)
 # A child the API server refuses as invalid is tried again this late (a change of the
 # resource tries at once).
 REJECTED_RETRY_SECONDS = 300
@@ -182,6 +184,19 @@ async def _write(
     if patch is None:
         return None
     meta = body["metadata"]
-    return await kube.patch_status(
+    written = await kube.patch_status(
         f"{GROUP}/{VERSION}", kind.kind, meta["namespace"], meta["name"], patch
     )
+    previous = (body.get("status") or {}).get("conditions")
+    event = events.transition(previous, observed)
+    if event is not None:
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        await _post(kube, events.manifest(body, event, conditions.now_rfc3339(), version))
+    return written
+
+
+async def _post(kube: Kube, event: dict[str, Any]) -> None:
+    try:
+        await kube.post_event(event)
+    except Exception as err:  # an Event is advice: losing one must not fail the reconcile
+        log.warning("could not post the Event %s: %s", event["reason"], err)

@@ -167,6 +167,25 @@ def test_invalid_resources_are_not_accepted_and_nothing_is_created(
     assert children_of(crds, NS, objs) == []
 
 
+def test_each_invalid_resource_has_one_warning_event_naming_the_field(
+    applied: dict[str, Any], crds: Cluster
+) -> None:
+    """What `kubectl describe` shows: the operator's Event, Warning, the field in its message."""
+    posted: dict[str, list[dict[str, Any]]] = {}
+    for event in items(crds, NS, "events"):
+        if event.get("source", {}).get("component") == "phiops-operator":
+            posted.setdefault(event["involvedObject"]["name"], []).append(event)
+    for _, doc in accepted_docs():
+        if notes(doc)[EXPECT] != "invalid":
+            continue
+        name = doc["metadata"]["name"]
+        found = [(e["type"], e["reason"], e["message"]) for e in posted.get(name, [])]
+        assert len(found) == 1, (name, found)
+        kind, reason, message = found[0]
+        assert (kind, reason) == ("Warning", "InvalidSpec"), (name, found)
+        assert notes(doc)[EXPECT_FIELD] in message, (name, message)
+
+
 def test_no_reconcile_loop_and_still_nothing_created(
     applied: dict[str, Any], crds: Cluster
 ) -> None:

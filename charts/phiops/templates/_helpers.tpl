@@ -118,8 +118,8 @@ Children are applied server-side (create + patch), observed (get, list) and prun
 - apiGroups: ["phiops.dev"]
   resources: ["knowledgebases/finalizers", "finetunejobs/finalizers", "phideployments/finalizers"]
   verbs: ["update"]
-# Events on the resources: none are posted today (Kopf's log-to-Event posting is off,
-# handlers/startup.py); the right stays so that turning it on needs no RBAC change.
+# Events on the resources: one per change of a resource's Ready status or reason
+# (events.py); Kopf's log-to-Event posting stays off (handlers/startup.py).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
