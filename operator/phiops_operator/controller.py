@@ -174,7 +174,8 @@ class Controller:
         current = _kept(body)
         self.bodies[key] = packed = _Resource.of(current)
         if key not in self.loggers and self.settings is not None:
-            # Posts what a reconcile logs at INFO and above as the resource's Events.
+            # Names the resource in what its reconciles log (Kopf's log-to-Event posting is
+            # off; the Events are events.py's, one per Ready transition).
             self.loggers[key] = kopf.ObjectLogger(
                 body=kopf.Body(cast(Any, current)), settings=self.settings
             )

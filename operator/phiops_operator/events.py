@@ -16,6 +16,8 @@ from phiops_operator import conditions
 REPORTER = "phiops-operator"
 # The API server refuses an Event message over 1 KiB (events.k8s.io's limit; core/v1 is laxer).
 MAX_MESSAGE = 1024
+# This operator process (its pod's name in a cluster): looked up once, not per Event.
+INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -72,5 +74,5 @@ def manifest(
         "count": 1,
         "source": {"component": REPORTER},
         "reportingComponent": f"phiops.dev/{REPORTER}",
-        "reportingInstance": os.environ.get("HOSTNAME") or socket.gethostname(),
+        "reportingInstance": INSTANCE,
     }
