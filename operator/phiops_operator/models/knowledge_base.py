@@ -112,6 +112,10 @@ class Chunking(KubeModel):
     include_path: bool = True
     """Lead each chunk's embedded text with its document's path (and heading path), so a
     chunk from the middle of a document still says which document it belongs to."""
+    lead_tokens: Annotated[int, Field(ge=0, le=256)] = 24
+    """The document's first tokens (its title and opening words) follow the path at the head
+    of each chunk's embedded text, so a chunk also says what its document is about; 0 leaves
+    them out. Path, lead and heading path together take at most a quarter of a chunk."""
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Chunking:

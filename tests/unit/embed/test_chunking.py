@@ -163,11 +163,15 @@ def test_markdown_sections_keep_their_heading_path() -> None:
 def test_markdown_chunks_carry_heading_into_the_embedding(
     embedder: SentenceTransformerEmbedder,
 ) -> None:
-    chunker = Chunker(ChunkingConfig(), embedder.tokenizer, embedder.max_tokens)
+    chunker = Chunker(ChunkingConfig(lead_tokens=0), embedder.tokenizer, embedder.max_tokens)
     chunks = chunker.chunk(MARKDOWN)
     refunds = next(c for c in chunks if "14 days" in c.text)
     assert refunds.heading == "Returns > Refunds"
     assert refunds.embed_text.startswith("Returns > Refunds\n")
+    # With the document's lead (the default), the heading path still ends the context.
+    led = Chunker(ChunkingConfig(), embedder.tokenizer, embedder.max_tokens).chunk(MARKDOWN)
+    refunds = next(c for c in led if "14 days" in c.text)
+    assert refunds.embed_text.split("\n")[0].endswith(" > Returns > Refunds")
     # A long section is split, and every piece keeps the path.
     long_doc = "# Policies\n\n## Warranty\n\n" + prose(5)
     pieces = chunker.chunk(long_doc)

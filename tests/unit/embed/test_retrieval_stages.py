@@ -1,5 +1,5 @@
-"""The retrieval stages that lift grounded answers: the document's path in the embedded
-text, small-to-big neighbours and an optional cross-encoder re-ranker; on the real MiniLM
+"""The retrieval stages that lift grounded answers: the document's path and lead in the
+embedded text, small-to-big neighbours and an optional cross-encoder re-ranker; on the real MiniLM
 and a real milvus-lite server."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ MANUAL = "\n\n".join(
 def test_the_title_leads_the_embedded_text_but_not_the_stored_heading(
     embedder: SentenceTransformerEmbedder,
 ) -> None:
-    chunker = Chunker(ChunkingConfig(), embedder.tokenizer, embedder.max_tokens)
+    chunker = Chunker(ChunkingConfig(lead_tokens=0), embedder.tokenizer, embedder.max_tokens)
     plain = chunker.chunk("# Refunds\n\nMoney back within 14 days.")
     titled = chunker.chunk("# Refunds\n\nMoney back within 14 days.", title="policies/shop.md")
     assert [c.heading for c in titled] == [c.heading for c in plain] == ["Refunds"]
@@ -59,11 +59,59 @@ def test_the_title_leads_the_embedded_text_but_not_the_stored_heading(
     assert (text.heading, text.embed_text) == ("", "notes.txt\nPlain words.")
 
 
-@pytest.mark.parametrize("include_path", [True, False])
-def test_the_sync_embeds_the_path_when_asked(
-    store: StoreServer, embedder: SentenceTransformerEmbedder, docs: Path, include_path: bool
+def test_the_lead_is_the_documents_opening_words_after_its_path(
+    embedder: SentenceTransformerEmbedder,
 ) -> None:
-    chunking = ChunkingConfig(include_path=include_path)
+    tokens = embedder.tokenizer.count
+    chunker = Chunker(ChunkingConfig(lead_tokens=8), embedder.tokenizer, embedder.max_tokens)
+    text = "# Refund policy\n\nCustomers get their money back within fourteen days.\n\n## Late"
+    # Heading marks and line breaks go; it stops at 8 tokens, before a word cut in two.
+    assert chunker.lead(text) == "Refund policy Customers get their money back"
+    assert tokens(chunker.lead(text)) <= 8
+    # "unbelievably" is 5 word pieces: a second one would be cut at 8, so it is left out.
+    assert chunker.lead("unbelievably " * 9) == "unbelievably"
+    assert chunker.lead("Short.") == "Short."
+    chunks = chunker.chunk(text, title="policies/refunds.md")
+    assert [c.heading for c in chunks] == ["Refund policy"]  # citations stay clean
+    lead = "policies/refunds.md: Refund policy Customers get their money back"
+    assert chunks[0].embed_text == f"{lead} > Refund policy\n{chunks[0].text}"
+    # Outside any heading, without a path: the lead alone.
+    (plain,) = chunker.chunk("Plain words here.", structured=False)
+    assert plain.embed_text == "Plain words here.\nPlain words here."
+    # 0 turns it off.
+    off = Chunker(ChunkingConfig(lead_tokens=0), embedder.tokenizer, embedder.max_tokens)
+    assert off.lead(text) == ""
+
+
+def test_the_heading_path_keeps_its_room_and_the_title_is_cut_to_what_is_left(
+    embedder: SentenceTransformerEmbedder,
+) -> None:
+    # A 64-token chunk leaves 16 tokens to title and heading path together.
+    config = ChunkingConfig(size=64, overlap=0, lead_tokens=24)
+    chunker = Chunker(config, embedder.tokenizer, embedder.max_tokens)
+    text = "# Returns\n\n" + "Goods come back in their box, unused, with the receipt. " * 3
+    (chunk,) = chunker.chunk(text, title="policies/returns.md")
+    context, _, body = chunk.embed_text.partition("\n")
+    title, _, heading = context.rpartition(" > ")
+    assert heading == "Returns" and body == chunk.text
+    assert title.startswith("policies/returns.md: Returns Goods")
+    assert embedder.tokenizer.count(context) <= 16
+    assert chunk.tokens <= 64
+
+
+@pytest.mark.parametrize(("include_path", "lead_tokens"), [(True, 24), (False, 0), (True, 0)])
+def test_the_sync_embeds_the_path_and_lead_when_asked(
+    store: StoreServer,
+    embedder: SentenceTransformerEmbedder,
+    docs: Path,
+    include_path: bool,
+    lead_tokens: int,
+) -> None:
+    chunking = ChunkingConfig(include_path=include_path, lead_tokens=lead_tokens)
+    chunker = Chunker(chunking, embedder.tokenizer, embedder.max_tokens)
+    lead = chunker.lead((docs / "policies" / "refunds.md").read_text())
+    assert bool(lead) == bool(lead_tokens)
+    title = ": ".join(p for p in ("policies/refunds.md" if include_path else "", lead) if p)
     config = job_config(store.uri, docs, chunking=chunking)
     run_sync(config, embedder)
     client = connect(store.uri)
@@ -74,10 +122,8 @@ def test_the_sync_embeds_the_path_when_asked(
     )
     assert rows
     for row in rows:
-        lead = " > ".join(
-            p for p in ("policies/refunds.md" if include_path else "", row[FIELD_HEADING]) if p
-        )
-        expected = embedder.embed([f"{lead}\n{row[FIELD_TEXT]}"])[0]
+        context = " > ".join(p for p in (title, row[FIELD_HEADING]) if p)
+        expected = embedder.embed([f"{context}\n{row[FIELD_TEXT]}"])[0]
         assert float(np.dot(expected, np.asarray(row[FIELD_VECTOR]))) > 0.9999
         assert not row[FIELD_HEADING].startswith("policies")  # citations stay clean
 
