@@ -5,6 +5,7 @@ clean-up, a named database, consistency, and a hybrid request on a server withou
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,27 @@ def docs(tmp_path: Path) -> Path:
     return target
 
 
+# Rows in one segment that Milvus indexes (it scans segments under 1,024 rows).
+INDEXED_SEGMENT_ROWS = 1_200
+
+
 def strong_count(client: Any, collection: str) -> int:
     """Rows as of now: Strong, since Milvus's default (Bounded) may miss a write just made."""
     (row,) = client.query(
         collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
     )
     return int(row["count(*)"])
+
+
+def searched_by_index(client: Any, collection: str, rows: int, timeout: float = 120) -> None:
+    """Until the server searches `collection` through its vector index: it builds the index
+    after the sync's flush, and a collection loaded before that is scanned without it."""
+    deadline = time.monotonic() + timeout
+    while client.describe_index(collection, FIELD_VECTOR).get("indexed_rows", 0) < rows:
+        assert time.monotonic() < deadline, f"{collection}: no index after {timeout:.0f} s"
+        time.sleep(0.5)
+    client.release_collection(collection)
+    client.load_collection(collection)
 
 
 def top_doc(retriever: Retriever, question: str, hybrid: bool = False) -> str:
@@ -115,3 +131,32 @@ def test_a_named_database_on_the_server(
     )
     assert top_doc(retriever, "How long is a password reset link valid?") == "docs/security.html"
     assert config.store.alias not in str(connect(milvus_server.uri).list_aliases())
+
+
+def test_the_servers_graph_index_is_searched_at_least_as_wide_as_the_results_asked_for(
+    milvus_server: MilvusServer, embedder: SentenceTransformerEmbedder, tmp_path: Path
+) -> None:
+    """A server's AUTOINDEX is a graph that takes `ef`, and Milvus refuses an `ef` below the
+    results asked for: the reader raises it to them, so any `knowledgeBaseRef.ef` and any
+    `topK` x neighbours (or re-rank candidates) work together."""
+    # Milvus scans a segment of under 1,024 rows without its index: make one it indexes.
+    docs = tmp_path / "ledger"
+    docs.mkdir()
+    for i in range(INDEXED_SEGMENT_ROWS):
+        (docs / f"entry-{i:04d}.txt").write_text(f"Ledger entry {i}: valve {i % 97} turned.")
+    config = job_config(milvus_server.uri, docs)
+    rows = run_sync(config, embedder).figures.chunks
+    assert rows == INDEXED_SEGMENT_ROWS
+    client = connect(milvus_server.uri)
+    searched_by_index(client, config.store.collection, rows)
+    question = "Which entry turned valve 12?"
+    vector = embedder.embed([question])[0].tolist()
+    with pytest.raises(Exception, match=r"ef\(5\) should be larger than k\(40\)"):
+        client.search(
+            config.store.alias, data=[vector], limit=40, search_params={"params": {"ef": 5}}
+        )
+    retriever = Retriever(milvus_server.uri, config.store.alias, embedder=embedder)
+    narrow = retriever.search(question, top_k=40, ef=5)
+    assert len(narrow) == 40
+    assert narrow == retriever.search(question, top_k=40, ef=40)
+    drop_family(client, config.store.alias)

@@ -59,7 +59,8 @@ class RetrievalConfig(_Strict):
     either side."""
     rerank: RerankConfig | None = None
     ef: int | None = Field(default=None, ge=1, le=32768)
-    """HNSW search breadth of the dense search; None: the store's default."""
+    """Search breadth of a graph index (HNSW, a server's AUTOINDEX) for the dense search,
+    raised to the results asked for; None: the retriever's default (64)."""
     citations: bool = True
     """Return the retrieved sources with each answer."""
     model: str | None = None

@@ -13,7 +13,14 @@ import pytest
 from phiops_embed.chunking import Chunker
 from phiops_embed.embedder import SentenceTransformerEmbedder
 from phiops_embed.rerank import Reranker
-from phiops_embed.retrieval import Hit, Retriever, distinct_passages, join_chunks
+from phiops_embed.retrieval import (
+    DEFAULT_EF,
+    Hit,
+    Retriever,
+    distinct_passages,
+    join_chunks,
+    search_breadth,
+)
 from phiops_embed.store import connect
 from phiops_embed.sync import run_sync
 from phiops_workload.knowledge import (
@@ -208,6 +215,24 @@ def test_a_search_with_ef_is_accepted_and_finds_the_same_chunks(
     wide = retriever.search(question, top_k=3, hybrid=hybrid, ef=256)
     assert [(h.doc_id, h.chunk_index) for h in wide] == [(h.doc_id, h.chunk_index) for h in plain]
     retriever.close()
+
+
+@pytest.mark.parametrize(
+    ("ef", "limit", "index_type", "sent"),
+    [
+        (None, 4, "AUTOINDEX", DEFAULT_EF),  # a server's own index: the default breadth
+        (None, 4, "hnsw", DEFAULT_EF),
+        (256, 12, "HNSW", 256),  # the reader's choice
+        (8, 40, "HNSW", 40),  # never below the results asked for: Milvus refuses that
+        (None, 100, "HNSW_SQ", 100),
+        (256, 12, "FLAT", None),  # an exact scan takes no breadth
+        (None, 12, "IVF_FLAT", None),  # IVF's knob is nprobe, not ef
+    ],
+)
+def test_the_search_breadth_sent_to_the_store(
+    ef: int | None, limit: int, index_type: str, sent: int | None
+) -> None:
+    assert search_breadth(ef, limit, index_type) == sent
 
 
 def test_the_reranker_orders_the_candidates_by_its_scores_before_the_cut(
