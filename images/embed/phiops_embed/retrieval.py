@@ -47,7 +47,7 @@ MIN_OVERLAP = 16
 _LAYOUT_TTL_SECONDS = 30.0
 # HNSW's search breadth when the reader names none. A Milvus 2.3 server searches its own
 # AUTOINDEX (an HNSW graph) too narrowly by default: recall@10 0.928 at 100k real MiniLM
-# chunks, against 0.991 at ef 64 for about the same p99 (benchmarks/bench_vector_store.py).
+# chunks, against 0.992 at ef 64 for the same p50 (benchmarks/bench_vector_store.py).
 DEFAULT_EF = 64
 # Indexes that search a graph and take `ef`; a server's AUTOINDEX is one (on the embedded
 # store phiops creates FLAT instead, an exact scan that takes no search parameter).
