@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ETCD_PORTS = (2379, 2380)
 START_TIMEOUT_SECONDS = 120.0
@@ -33,6 +34,23 @@ LOG_TAIL_BYTES = 3000
 
 class MilvusServerError(RuntimeError):
     """The server could not be started; the message says why."""
+
+
+def wait_indexed(
+    client: Any, collection: str, rows: int, field: str = "vector", timeout: float = 900
+) -> None:
+    """Until a Milvus server has built the vector index over `rows` rows of `collection`.
+    Right after a flush it searches rows not yet indexed another way (measured at 25k rows:
+    recall@10 0.944 whatever `ef`, against 0.948-0.951 by default and 1.000 at ef 256 once
+    built), so the collection is then loaded again by the caller. milvus-lite reports no
+    index progress (it builds on load): it returns at once. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = client.describe_index(collection, field)
+        if "indexed_rows" not in info or info["indexed_rows"] >= rows:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{collection}: the index was not built in {timeout:.0f} s")
 
 
 def _free_port_everywhere() -> int:

@@ -5,12 +5,11 @@ clean-up, a named database, consistency, and a hybrid request on a server withou
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from phiops_devcluster.milvus_server import MilvusServer
+from phiops_devcluster.milvus_server import MilvusServer, wait_indexed
 from phiops_embed.embedder import SentenceTransformerEmbedder
 from phiops_embed.retrieval import Retriever
 from phiops_embed.store import alias_target, connect, drop_family
@@ -46,13 +45,10 @@ def strong_count(client: Any, collection: str) -> int:
     return int(row["count(*)"])
 
 
-def searched_by_index(client: Any, collection: str, rows: int, timeout: float = 120) -> None:
+def searched_by_index(client: Any, collection: str, rows: int) -> None:
     """Until the server searches `collection` through its vector index: it builds the index
     after the sync's flush, and a collection loaded before that is scanned without it."""
-    deadline = time.monotonic() + timeout
-    while client.describe_index(collection, FIELD_VECTOR).get("indexed_rows", 0) < rows:
-        assert time.monotonic() < deadline, f"{collection}: no index after {timeout:.0f} s"
-        time.sleep(0.5)
+    wait_indexed(client, collection, rows, FIELD_VECTOR, timeout=120)
     client.release_collection(collection)
     client.load_collection(collection)
 
