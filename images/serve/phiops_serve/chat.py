@@ -23,7 +23,7 @@ from phiops_serve.engine import (
 )
 from phiops_serve.errors import bad, model_not_found, unavailable
 from phiops_serve.knowledge import KnowledgeUnavailable
-from phiops_serve.rag import Augmenter
+from phiops_serve.rag import Augmenter, fitted
 from phiops_serve.validation import json_body, parse_request
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         grounding = await request.app[AUGMENTER].prepare(messages)
     except (NotLoaded, KnowledgeUnavailable) as err:
         raise unavailable(str(err)) from None
-    try:  # tokenised once; too long is a 400 now, before a stream's headers
-        ids = engine.prompt_ids(grounding.messages)
+    completion = min(sampling.max_tokens, engine.config.max_new_tokens)
+    ids, grounding = fitted(grounding, engine.tokens, engine.room, completion)
+    if grounding.dropped:
+        request.app[METRICS].context_dropped.labels(model).inc(grounding.dropped)
+    try:  # too long is a 400 now, before a stream's headers
+        engine.checked(ids)
     except PromptRejected as err:
         raise bad("messages", str(err)) from None
     extra = {} if grounding.citations is None else {"citations": grounding.citations}

@@ -312,15 +312,26 @@ class Engine:
     def prompt_ids(self, messages: list[Message]) -> list[int]:
         """The chat's prompt tokens. Raises PromptRejected when no token would fit after it
         (checked here so that a stream can still answer 400 before its headers)."""
+        return self.checked(self.tokens(messages))
+
+    def tokens(self, messages: list[Message]) -> list[int]:
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def room(self, ids: list[int]) -> int | None:
+        """Tokens the model's context has left after the prompt `ids`; None: no known limit."""
         limit = self.llm.model_config.max_model_len if self.llm is not None else None
-        if limit is not None and len(ids) >= limit:
+        return None if limit is None else limit - len(ids)
+
+    def checked(self, ids: list[int]) -> list[int]:
+        left = self.room(ids)
+        if left is not None and left <= 0:
             raise PromptRejected(
                 f"the prompt has {len(ids)} tokens (retrieved context included); this server "
-                f"takes at most {limit} tokens of prompt and completion together"
+                f"takes at most {len(ids) + left} tokens of prompt and completion together"
             )
         return ids
 

@@ -73,6 +73,13 @@ class Metrics:
             buckets=_RETRIEVAL_BUCKETS,
             registry=registry,
         )
+        self.context_dropped = Counter(
+            "phiops_serve_context_chunks_dropped_total",
+            "Retrieved chunks left out of prompts so that the answer's max_tokens fit in the "
+            "model's context (the lowest-ranked go first).",
+            ["model"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "phiops_serve_requests_in_flight",
             "Chat completion and retrieve requests being answered or waiting for the model.",

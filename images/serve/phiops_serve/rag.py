@@ -3,8 +3,8 @@ system prompt, and the answer can cite them by those numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from phiops_workload.serving import CONTEXT_PLACEHOLDER, ServeConfig
@@ -83,11 +83,55 @@ def citations(hits: Sequence[Chunk]) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grounding:
-    messages: list[Message]
-    citations: list[dict[str, Any]] | None
-    """None when the answer carries no citations (no retrieval, or citations off)."""
+    """A chat as the model reads it: the system prompt, and the retrieved chunks in rank
+    order (the first `used` of them in the prompt)."""
+
+    request: list[Message]
+    hits: Sequence[Chunk]
+    system: str | None
+    template: str | None
+    cite: bool
+    used: int
+
+    @property
+    def messages(self) -> list[Message]:
+        return grounded_messages(self.request, self.hits[: self.used], self.system, self.template)
+
+    @property
+    def citations(self) -> list[dict[str, Any]] | None:
+        """None when the answer carries no citations (no retrieval, or citations off)."""
+        return citations(self.hits[: self.used]) if self.cite else None
+
+    @property
+    def dropped(self) -> int:
+        return len(self.hits) - self.used
+
+    def first(self, count: int) -> Grounding:
+        return replace(self, used=count)
+
+
+def fitted(
+    grounding: Grounding,
+    tokenize: Callable[[list[Message]], list[int]],
+    room: Callable[[list[int]], int | None],
+    completion: int,
+) -> tuple[list[int], Grounding]:
+    """The prompt with as many of the best chunks as leave `completion` tokens of room in the
+    model's context (`room`: tokens left after a prompt, None when unbounded). A question
+    whose completion cannot fit beside even the top chunk keeps that chunk: a shorter answer
+    from the best source beats a longer one from none."""
+    for count in range(grounding.used, 0, -1):
+        candidate = grounding.first(count)
+        ids = tokenize(candidate.messages)
+        left = room(ids)
+        if left is None or left >= completion:
+            return ids, candidate
+        if count == 1 and left > 0:
+            return ids, candidate
+    bare = grounding.first(0)
+    return tokenize(bare.messages), bare
 
 
 class Augmenter:
@@ -101,8 +145,8 @@ class Augmenter:
         """Raises KnowledgeUnavailable when retrieval is configured but cannot answer."""
         system, template = self.config.system_prompt, self.config.context_template
         if self.knowledge is None:
-            return Grounding(grounded_messages(messages, [], system, template), None)
+            return Grounding(messages, [], system, template, cite=False, used=0)
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         hits = await self.knowledge.search(question) if question.strip() else []
-        cited = citations(hits) if self.knowledge.config.citations else None
-        return Grounding(grounded_messages(messages, hits, system, template), cited)
+        cite = self.knowledge.config.citations
+        return Grounding(messages, hits, system, template, cite=cite, used=len(hits))

@@ -29,6 +29,7 @@ from .conftest import (
     running,
     wait_until,
 )
+from .test_metrics import scrape, value
 
 SHIPPING = "docs/policies/shipping.md"
 QUESTION = "Which carrier delivers heavy parcels and tents?"
@@ -124,10 +125,8 @@ def test_retrieve_without_a_knowledge_base_is_404(serve_config: ServeConfig) -> 
     assert "knowledge base" in body["message"]
 
 
-def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
-    rag: OpenAI, tiny_models: TinyModels
-) -> None:
-    hits = retrieve(rag, query=QUESTION)["data"]
+def prompt_tokens(tiny_models: TinyModels, hits: list[dict[str, Any]]) -> int:
+    """Tokens of the session server's prompt for QUESTION with `hits` as its context."""
     context = "\n\n".join(
         f"[{i}] {h['doc_id']} ({h['heading']})\n{h['text']}" for i, h in enumerate(hits, 1)
     )
@@ -138,7 +137,14 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
         tokenize=False,
         add_generation_prompt=True,
     )
-    expected = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
+    rag: OpenAI, tiny_models: TinyModels
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
+    expected = prompt_tokens(tiny_models, retrieve(rag, query=QUESTION)["data"])
     completion = rag.chat.completions.create(model=BASE, messages=ASK, max_tokens=1)
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == expected
@@ -148,6 +154,36 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
     assert own.usage is not None
     shorter = len(tokenizer(SYSTEM)["input_ids"]) - len(tokenizer("Be brief.")["input_ids"])
     assert own.usage.prompt_tokens == expected - shorter
+
+
+def test_the_lowest_ranked_chunks_give_way_to_the_answers_max_tokens(
+    rag: OpenAI, server: str, tiny_models: TinyModels, serve_config: ServeConfig
+) -> None:
+    hits = retrieve(rag, query=QUESTION)["data"]
+    order = [(h["doc_id"], h["chunk_index"]) for h in hits]
+    assert len(order) == 3
+    sizes = [prompt_tokens(tiny_models, hits[:n]) for n in range(4)]
+    limit = serve_config.engine.max_model_len
+    assert limit is not None and limit - sizes[3] <= serve_config.max_new_tokens
+
+    def cited(max_tokens: int) -> list[tuple[str, int]]:
+        """The citations of a streamed answer, read from its first chunk; closing the stream
+        then stops the generation."""
+        stream = rag.chat.completions.create(
+            model=BASE, messages=ASK, max_tokens=max_tokens, stream=True
+        )
+        with stream:
+            first = next(iter(stream))
+        return [(c["doc_id"], c["chunk_index"]) for c in (first.model_extra or {})["citations"]]
+
+    before = scrape(server)
+    assert cited(limit - sizes[3]) == order
+    assert cited(limit - sizes[3] + 1) == order[:2]
+    room_for_one = min(limit - sizes[1], serve_config.max_new_tokens)  # which caps max_tokens
+    assert room_for_one > limit - sizes[2]
+    assert cited(room_for_one) == order[:1]
+    name = "phiops_serve_context_chunks_dropped_total"
+    assert value(scrape(server), name, model=BASE) - value(before, name, model=BASE) == 3
 
 
 async def test_without_citations_the_answer_is_grounded_but_cites_nothing(

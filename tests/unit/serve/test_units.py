@@ -22,7 +22,9 @@ from phiops_serve.loading import LoadError, lora_rank
 from phiops_serve.rag import (
     DEFAULT_CONTEXT_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
+    Grounding,
     citations,
+    fitted,
     grounded_messages,
 )
 from phiops_serve.validation import parse_request, parse_retrieve
@@ -271,6 +273,34 @@ def test_citations_number_the_chunks_as_the_prompt_does() -> None:
             "score": 0.5,
         },
     ]
+
+
+def test_the_lowest_ranked_chunks_make_room_for_the_answer() -> None:
+    """A prompt is as many tokens as its characters here."""
+    hits = [hit(f"docs/{name}.md", "x" * 20) for name in ("best", "second", "third")]
+    grounding = Grounding(USER, hits, None, None, cite=True, used=3)
+
+    def tokenize(messages: list[dict[str, str]]) -> list[int]:
+        return [0] * sum(len(m["content"]) for m in messages)
+
+    sizes = [len(tokenize(grounding.first(n).messages)) for n in range(4)]
+    context = sizes[3] + 50  # every chunk fits in the prompt; the answer's room decides
+
+    def kept(completion: int, context: int = context) -> list[str]:
+        ids, fit = fitted(grounding, tokenize, lambda i: context - len(i), completion)
+        assert len(ids) == len(tokenize(fit.messages))
+        assert fit.dropped == 3 - fit.used
+        return [c["doc_id"] for c in fit.citations or []]
+
+    assert kept(50) == ["docs/best.md", "docs/second.md", "docs/third.md"]
+    assert kept(51) == ["docs/best.md", "docs/second.md"]
+    assert kept(context - sizes[1]) == ["docs/best.md"]
+    # No room for the whole answer beside even the best chunk: that chunk stays.
+    assert kept(context) == ["docs/best.md"]
+    # Not a token left after the best chunk: the prompt goes without context.
+    assert kept(1, context=sizes[1]) == []
+    # No known limit (an engine without max_model_len): everything goes in.
+    assert fitted(grounding, tokenize, lambda i: None, 10**6)[1].used == 3
 
 
 async def test_not_ready_until_loaded() -> None:
