@@ -10,7 +10,8 @@ here that paraphrase one passage each and name the answer string found verbatim 
 Side by side in one run, for every system: document hit@1 (the top result comes from the
 right document), grounded@1 / @4 / @5 (a result among the first 1 / 4 / 5 is from the right
 document and holds the answer string; 4 is the inference server's default `top_k`) and the
-MRR of the first grounded result in the top 10.
+MRR of the first grounded result in the top 10, and what the model reads: the mean and
+largest token count of the first 4 results (`ctx@4`, `max`), neighbours included.
 
 - `kb defaults` runs the product's own code: the KnowledgeBase's default settings
   (`ChunkingConfig()`, `StoreConfig()`, the bundled all-MiniLM-L6-v2 in float32) through
@@ -118,6 +119,9 @@ class Result:
     seconds: float
     ranks: list[int | None]
     """Per question, the rank of the first grounded result (None: not in the top 10)."""
+    context: tuple[float, int]
+    """Mean and most tokens of the results the inference server hands the model by default
+    (its `top_k`), counted by the embedding model's tokenizer."""
 
 
 # -- the product's own path: run_sync into milvus-lite, Retriever.search --------------------
@@ -230,7 +234,8 @@ def print_table(results: Sequence[Result], questions: int, documents: int) -> No
     print(f"\n{questions} questions over {documents} documents; top {TOP_K} retrieved per question")
     header = (
         f"{'system':<50} {'search':<14} {'chunks':>6} {'doc@1':>7} {'grd@1':>7} "
-        f"{'grd@3':>7} {'grd@4':>7} {'grd@5':>7} {'MRR':>6} {'@5 vs (a)':>9}"
+        f"{'grd@3':>7} {'grd@4':>7} {'grd@5':>7} {'MRR':>6} {'@5 vs (a)':>9} "
+        f"{'ctx@4':>6} {'max':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -242,11 +247,13 @@ def print_table(results: Sequence[Result], questions: int, documents: int) -> No
             f"{r.label:<50} {r.how:<14} {r.chunks:>6} {pct(s.doc_hit_1):>7} "
             f"{pct(s.grounded_1):>7} {pct(grounded_3):>7} {pct(s.grounded_4):>7} "
             f"{pct(s.grounded_5):>7} "
-            f"{s.mrr:6.3f} {paired(r.ranks, reference):>9}"
+            f"{s.mrr:6.3f} {paired(r.ranks, reference):>9} {r.context[0]:6.0f} {r.context[1]:5d}"
         )
     print(
         "@5 vs (a): questions grounded in the top 5 here but not by (a), and the reverse "
-        f"(one question is {100 / questions:.1f} points)"
+        f"(one question is {100 / questions:.1f} points)\n"
+        "ctx@4, max: mean and most tokens (MiniLM's tokenizer) of the first 4 results, what the "
+        "model reads at the server's default top_k"
     )
 
 
@@ -308,14 +315,15 @@ def main() -> None:
         load_seconds = time.perf_counter() - began
         defaults = ChunkingConfig()
         serving = RetrievalConfig(uri=uri, collection="x")
-        # Each row below changes one setting of the defaults; the older rows go without the
-        # document's lead, to show what each setting added before it.
-        no_lead = defaults.model_copy(update={"lead_tokens": 0})
+        # Each row below changes one setting from 200/32 chunks with the path and the lead
+        # (the defaults before 250/50); the older rows go without the document's lead, to show
+        # what each setting added before it.
+        lead_200 = defaults.model_copy(update={"size": 200, "overlap": 32})
+        no_lead = lead_200.model_copy(update={"lead_tokens": 0})
         bare = no_lead.model_copy(update={"include_path": False})
         wide = no_lead.model_copy(update={"size": 250, "overlap": 50})
         small = no_lead.model_copy(update={"size": 128, "overlap": 24})
-        long_lead = defaults.model_copy(update={"lead_tokens": 2 * defaults.lead_tokens})
-        wide_lead = defaults.model_copy(update={"size": 250, "overlap": 50})
+        long_lead = lead_200.model_copy(update={"lead_tokens": 2 * lead_200.lead_tokens})
         store_hybrid = StoreConfig(uri=uri, alias="x", collection="x").hybrid
         product = "sync+Retriever"
 
@@ -361,17 +369,17 @@ def main() -> None:
             ("path + hybrid, 250/50", product, real("kb_path_250", wide, True)),
             ("path + small-to-big + hybrid, 250/50", product, real("kb_path_250", wide, True, 1)),
             ("path + small-to-big + hybrid, 128/24", product, real("kb_path_128", small, True, 1)),
-            ("path + lead, dense, 200/32", product, real("kb_lead", defaults)),
-            ("path + lead + hybrid, 200/32", product, real("kb_lead", defaults, True)),
+            ("path + lead, dense, 200/32", product, real("kb_lead_200", lead_200)),
+            ("path + lead + hybrid, 200/32", product, real("kb_lead_200", lead_200, True)),
             (
-                f"path + lead {long_lead.lead_tokens} + small-to-big + hybrid",
+                f"path + lead {long_lead.lead_tokens} + small-to-big + hybrid, 200/32",
                 product,
                 real("kb_lead_long", long_lead, True, 1),
             ),
             (
-                "path + lead + small-to-big + hybrid, 250/50",
+                "path + lead + small-to-big + hybrid, 200/32",
                 product,
-                real("kb_lead_250", wide_lead, True, 1),
+                real("kb_lead_200", lead_200, True, 1),
             ),
         ]
         if args.only:
@@ -388,7 +396,9 @@ def main() -> None:
             if args.misses and label.startswith("(a)"):
                 print_misses(questions, rankings)
             ranks = [first_grounded(q, r) for q, r in zip(questions, rankings, strict=True)]
-            results.append(Result(label, how, chunks, score(questions, rankings), seconds, ranks))
+            context = handed_over(embedder, rankings, serving.top_k)
+            scores = score(questions, rankings)
+            results.append(Result(label, how, chunks, scores, seconds, ranks, context))
             print(f"  {label}: {chunks} chunks, {seconds:.1f} s", flush=True)
         print(
             f"embedded {embedder.embedded} distinct texts in {embedder.seconds:.1f} s "
@@ -404,6 +414,15 @@ def main() -> None:
             print(f"work folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def handed_over(
+    embedder: CachedEmbedder, rankings: Sequence[Sequence[Retrieved]], top_k: int
+) -> tuple[float, int]:
+    """Mean and most tokens of each question's first `top_k` results."""
+    count = embedder.tokenizer.count
+    totals = [sum(count(hit.text) for hit in ranked[:top_k]) for ranked in rankings]
+    return sum(totals) / max(len(totals), 1), max(totals, default=0)
 
 
 def print_misses(questions: Sequence[Question], rankings: Sequence[Sequence[Retrieved]]) -> None:

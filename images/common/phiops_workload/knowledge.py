@@ -45,8 +45,8 @@ class SourceConfig(_Model):
 
 class ChunkingConfig(_Model):
     strategy: Literal["markdown", "recursive", "fixed"] = "markdown"
-    size: int = 200
-    overlap: int = 32
+    size: int = 250
+    overlap: int = 50
     include_path: bool = True
     """Lead each chunk's embedded text with its document's path (see `Chunker.chunk`)."""
     lead_tokens: int = 24

@@ -104,10 +104,10 @@ class Chunking(KubeModel):
     strategy: Literal["markdown", "recursive", "fixed"] = "markdown"
     """`markdown` splits by headings first, `recursive` by paragraphs then sentences, `fixed`
     by token count only."""
-    size: Annotated[int, Field(ge=16, le=8192)] = 200
+    size: Annotated[int, Field(ge=16, le=8192)] = 250
     """Target chunk size in tokens of the embedding model's tokenizer. Must not exceed what the
     model reads (all-MiniLM-L6-v2 stops at 256 word pieces)."""
-    overlap: Annotated[int, Field(ge=0, le=4096)] = 32
+    overlap: Annotated[int, Field(ge=0, le=4096)] = 50
     """Tokens shared by consecutive chunks; smaller than `size`."""
     include_path: bool = True
     """Lead each chunk's embedded text with its document's path (and heading path), so a
