@@ -315,6 +315,7 @@ class Engine:
         return self.checked(self.tokens(messages))
 
     def tokens(self, messages: list[Message]) -> list[int]:
+        """The chat's prompt tokens, unchecked (the context fit tries several)."""
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -330,8 +331,9 @@ class Engine:
         left = self.room(ids)
         if left is not None and left <= 0:
             raise PromptRejected(
-                f"the prompt has {len(ids)} tokens (retrieved context included); this server "
-                f"takes at most {len(ids) + left} tokens of prompt and completion together"
+                f"the prompt has {len(ids)} tokens (system prompt and any retrieved context "
+                f"included); this server takes at most {len(ids) + left} tokens of prompt and "
+                "completion together"
             )
         return ids
 
