@@ -93,6 +93,7 @@ class CachedEmbedder:
         self.dimension = inner.dimension
         self.max_tokens = inner.max_tokens
         self.tokenizer = inner.tokenizer
+        self.accelerated = inner.accelerated
         self.cache: dict[str, npt.NDArray[np.float32]] = {}
         self.seconds = 0.0
         self.embedded = 0

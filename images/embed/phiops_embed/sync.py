@@ -209,8 +209,10 @@ class _Sync:
         order = sorted(range(len(group)), key=lambda i: group[i][1].tokens)
         vectors: list[Any] = [None] * len(group)
         began = time.monotonic()
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        # A GPU embedder takes the whole group: it tokenises a batch while the last one runs.
+        step = len(order) if self.embedder.accelerated else self.batch_size
+        for start in range(0, len(order), step):
+            batch = order[start : start + step]
             embedded = self.embedder.embed([group[i][1].embed_text for i in batch])
             for i, vector in zip(batch, embedded, strict=True):
                 vectors[i] = vector

@@ -134,11 +134,12 @@ class SentenceTransformersEmbedding(KubeModel):
     device: Literal["cpu", "cuda"] = "cpu"
     """Device the model runs on; `cuda` needs a GPU in `pod.resources`."""
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
-    """Chunks embedded per batch."""
+    """Chunks embedded per batch. On a GPU, where batches are tokenised ahead of the model,
+    a few hundred keep it busy."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute precision. `auto`: bfloat16 autocast where the device computes it natively
-    (a CPU with AMX or AVX512-BF16, a GPU with bf16), float32 elsewhere; `float32` or
-    `bfloat16` force one. bf16 keeps cosine >= 0.999 to float32 on real text."""
+    """Compute precision. `auto`: bfloat16 where the device computes it natively (autocast
+    on a CPU with AMX or AVX512-BF16, bf16 weights on a GPU with bf16), float32 elsewhere;
+    `float32` or `bfloat16` force one. bf16 keeps cosine >= 0.999 to float32 on real text."""
 
 
 class OpenAIEmbedding(KubeModel):

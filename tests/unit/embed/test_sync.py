@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from phiops_embed.embedder import SentenceTransformerEmbedder
 from phiops_embed.retrieval import Retriever
@@ -25,6 +27,7 @@ from phiops_workload.knowledge import (
     FIELD_TEXT,
     FIELD_VECTOR,
     ChunkingConfig,
+    EmbeddingConfig,
     chunk_id,
 )
 
@@ -290,3 +293,42 @@ def test_a_named_database_is_created_and_read(
         "docs/policies/shipping.md"
     )
     assert config.store.alias not in str(connect(store.uri).list_aliases())
+
+
+def counted(embed: Callable[[list[str]], Any], sizes: list[int]) -> Callable[[list[str]], Any]:
+    """`embed`, noting the number of texts of each call in `sizes`."""
+
+    def call(texts: list[str]) -> Any:
+        sizes.append(len(texts))
+        return embed(texts)
+
+    return call
+
+
+def test_a_gpu_embedder_takes_whole_groups_and_stores_the_same_vectors(
+    store: StoreServer, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `accelerated` embedder (a GPU one; here the same path on the CPU) gets each group of
+    chunks in one call, to tokenise ahead of the model, instead of one call per batch; the
+    rows written are the same."""
+    embedding = EmbeddingConfig(batch_size=4, precision="float32")
+    calls: dict[bool, list[int]] = {}
+    vectors: dict[bool, dict[str, Any]] = {}
+    for accelerated in (False, True):
+        embedder = SentenceTransformerEmbedder(precision="float32", batch_size=4)
+        embedder.accelerated = accelerated
+        sizes = calls.setdefault(accelerated, [])
+        monkeypatch.setattr(embedder, "embed", counted(embedder.embed, sizes))
+        config = job_config(store.uri, docs, embedding=embedding)
+        assert run_sync(config, embedder).figures.chunks_embedded > 8
+        client = connect(store.uri)
+        client.load_collection(config.store.collection)
+        rows = client.query(
+            config.store.collection, filter="", output_fields=[FIELD_ID, FIELD_VECTOR]
+        )
+        vectors[accelerated] = {r[FIELD_ID]: np.asarray(r[FIELD_VECTOR]) for r in rows}
+    assert max(calls[False]) == 4 and max(calls[True]) > 4
+    assert sum(calls[True]) == sum(calls[False])
+    assert vectors[True].keys() == vectors[False].keys()
+    cosine = [float(vectors[True][k] @ vectors[False][k]) for k in vectors[False]]
+    assert min(cosine) >= 0.99999
