@@ -210,7 +210,7 @@ class _Sync:
         vectors: list[Any] = [None] * len(group)
         began = time.monotonic()
         # A GPU embedder takes the whole group: it tokenises a batch while the last one runs.
-        step = len(order) if self.embedder.accelerated else self.batch_size
+        step = max(1, len(order)) if self.embedder.accelerated else self.batch_size
         for start in range(0, len(order), step):
             batch = order[start : start + step]
             embedded = self.embedder.embed([group[i][1].embed_text for i in batch])
