@@ -73,7 +73,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         engine.checked(ids)
     except PromptRejected as err:
         raise bad("messages", str(err)) from None
-    extra = {} if grounding.citations is None else {"citations": grounding.citations}
+    cited = grounding.citations  # a property: built once
+    extra = {} if cited is None else {"citations": cited}
     reply = _Reply(model, extra)
     if stream:
         return await _stream(request, engine, reply, ids, sampling, body)

@@ -125,13 +125,12 @@ def test_retrieve_without_a_knowledge_base_is_404(serve_config: ServeConfig) -> 
     assert "knowledge base" in body["message"]
 
 
-def prompt_tokens(tiny_models: TinyModels, hits: list[dict[str, Any]]) -> int:
+def prompt_tokens(tokenizer: Any, hits: list[dict[str, Any]]) -> int:
     """Tokens of the session server's prompt for QUESTION with `hits` as its context."""
     context = "\n\n".join(
         f"[{i}] {h['doc_id']} ({h['heading']})\n{h['text']}" for i, h in enumerate(hits, 1)
     )
     system = f"{SYSTEM}\n\nSources:\n{context}\nEnd of sources."
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
     prompt = tokenizer.apply_chat_template(
         [{"role": "system", "content": system}, {"role": "user", "content": QUESTION}],
         tokenize=False,
@@ -144,7 +143,7 @@ def test_the_prompt_is_the_system_prompt_then_the_template_with_numbered_chunks(
     rag: OpenAI, tiny_models: TinyModels
 ) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
-    expected = prompt_tokens(tiny_models, retrieve(rag, query=QUESTION)["data"])
+    expected = prompt_tokens(tokenizer, retrieve(rag, query=QUESTION)["data"])
     completion = rag.chat.completions.create(model=BASE, messages=ASK, max_tokens=1)
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == expected
@@ -162,7 +161,8 @@ def test_the_lowest_ranked_chunks_give_way_to_the_answers_max_tokens(
     hits = retrieve(rag, query=QUESTION)["data"]
     order = [(h["doc_id"], h["chunk_index"]) for h in hits]
     assert len(order) == 3
-    sizes = [prompt_tokens(tiny_models, hits[:n]) for n in range(4)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.base)
+    sizes = [prompt_tokens(tokenizer, hits[:n]) for n in range(4)]
     limit = serve_config.engine.max_model_len
     assert limit is not None and limit - sizes[3] <= serve_config.max_new_tokens
 
